@@ -1,0 +1,1233 @@
+"""verifier.py: decide whether a free-form math answer is right (the reward of RLVR).
+
+    score(response, gold) -> 1.0 / 0.0        the reward a3po.py uses; never raises
+    extract_answer(response) -> str | None    the final answer in a model's response
+    is_equivalent(pred, gold) -> bool         same mathematical answer?
+    gsm8k_gold, math_gold, olympiad_gold, gold_answer: the gold answer of a dataset record
+
+Standard library only. Model output is never run as code: expressions go through the
+small tokenizer/parser/evaluator below, with caps on length, depth and number size.
+
+Rules
+-----
+Extraction: the last \\boxed{} / \\fbox{} (nested braces balanced; an unclosed last box,
+  i.e. truncated output, is skipped). Boxes on one line joined only by a connective
+  (",", "and", "or", "$", "x =") form one answer list, so the hedge "\\boxed{3} or
+  \\boxed{4}" is the list {3, 4}; boxes restating one answer count once. Without a box:
+  the rest of the line after the last "answer is" / "answer:" / "####". The last number
+  only when the caller asks (last_number=True). Only the last 50,000 characters are read.
+Normalisation: spaces, \\left \\right \\! \\, \\; \\quad, \\dfrac \\tfrac \\frac12, \\text{} \\mathrm{}
+  \\mbox{}, units after a number ("5 \\text{ cm}^2", "18 dollars", "300 \\mathrm{~km}/\\mathrm{s}";
+  a bare one-letter word like "566 m" stays a variable), degrees, currency, trailing
+  period, unicode (minus, times, dot, pi, sqrt, 1/2, superscripts, full width), number
+  words (zero..ninety-nine), thousands separators (only when the whole answer is one
+  grouped number: "1,080" is 1080 while "1,3" stays a list), mixed numbers (137
+  \\frac{1}{2} = 137.5), base subscripts (204 = 204_5, but 204_6 != 204_5).
+Numbers: exact rationals (integers, fractions, finite decimals) must be exactly equal:
+  0.33 != 1/3, 12 != 1/2, 10001 != 10000, 100 != 1, and a decimal never equals an
+  irrational (1.41421356237 != sqrt 2). Values with sqrt, pi, e, logs or variables
+  compare with relative tolerance 1e-9 (floating noise only, never a near miss). A gold
+  in e-notation (Minerva's 4.5e33) is a rounded value: a prediction within half a unit of
+  its last digit is right (4.46e33), as is the gold rounded to >= 2 significant digits
+  (2.78e-6 for 2.7778e-6); 4.5e33 = 4.5 \\times 10^{33} = 45e32.
+Percent: "%" is dropped on both sides (75\\% reads as 75). When the gold carries "%", a
+  prediction without it may also equal gold/100 (0.75 for 75%). Never the other way:
+  against gold 0.75, "75%" is wrong; against gold 1, "100" is wrong.
+Several answers: top-level commas, ";", "and", "or" make an unordered list that must
+  match the gold's list one to one, so "3 or 4" is wrong against 3 and "1, 2" equals
+  "2, 1". \\{...\\} sets are such lists too; "a \\pm b" is the list {a+b, a-b}.
+Structured: "(a,b)" "[a,b)" etc. are ordered and the bracket characters must match
+  ((1,2) != [1,2], open/closed interval ends matter); unions are unordered lists of
+  parts; pmatrix/bmatrix compare cell by cell (a vector also equals the tuple "(a,b)").
+Equations: a left side that only names the answer ("x =", "k=", "f(x) =", "(x, y) =",
+  "x \\in") is dropped; a chain a = b = c keeps its last part, "x \\approx 3.5" its value;
+  other equations are equal when their (left - right) sides are proportional.
+  Inequalities compare as normalised strings.
+Expressions: evaluated by our own parser (implicit products, \\frac, \\sqrt[n], ^, !,
+  \\binom, floor/ceil, |x|, trig/log/exp; i is the imaginary unit, e is Euler's number) at
+  4 fixed sample points per free variable; both sides need the same free variables.
+Text: words of >= 3 letters compare case-insensitively; choice letters (A)..(E) match
+  "B", "(B)", "\\text{(B)}", "(B) 42". Anything else: equality of normalised strings.
+Limits: answers over 1,000 characters only match the identical gold string; exact
+  numbers over 20,000 bits, exponents over 100,000, factorials over 1000!, 400 tokens,
+  64 list items and nesting over 60 levels are refused (10^10^10 is not computed, and
+  a refused expression falls back to string equality). Every call takes milliseconds.
+"""
+import cmath
+import math
+import operator
+import random
+import unicodedata
+from fractions import Fraction
+
+TAIL_CHARS = 50_000       # the final answer sits at the end; a 1 MB response is cut
+MAX_BOX_CHARS = 4_000     # a boxed "answer" longer than this is not an answer
+MAX_BOXES = 8             # boxes looked at, from the end
+MAX_ANSWER_CHARS = 1_000  # longer answers only match the identical gold string
+MAX_TOKENS = 400
+MAX_DEPTH = 60            # parser nesting (\frac nested 1000 deep is refused, not recursed)
+MAX_BITS = 20_000         # exact rationals larger than this are refused
+MAX_ITEMS = 64            # elements of a list / tuple / matrix
+REL_TOL = 1e-9            # for non-rational values: floating noise only
+N_POINTS = 4              # sample points for expressions with free variables
+_rng = random.Random(20250611)
+_SAMPLE = [[_rng.uniform(1.5, 7.5) for _ in range(16)] for _ in range(N_POINTS)]
+
+
+class _Unsupported(Exception):
+    """The text is outside what the small evaluator handles (compare it as a string)."""
+
+
+# ----------------------------------------------------------------------------- text
+def _as_text(x):
+    """Golds come as str, or as numbers (AMC stores 27.0): give the answer's text."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return None
+        return str(int(x)) if x.is_integer() else repr(x)
+    return str(x)
+
+
+def _sanitize(text):
+    # Model output may hold NUL bytes or lone surrogates (bytes decoded with
+    # surrogateescape): drop NULs, turn anything UTF-8 cannot encode into '?'.
+    return text.replace('\x00', '').encode('utf-8', 'replace').decode('utf-8')
+
+
+def _is_letter(ch):
+    return 'a' <= ch <= 'z' or 'A' <= ch <= 'Z'
+
+
+def _is_digits(t):
+    return bool(t) and all('0' <= ch <= '9' for ch in t)
+
+
+def _match(s, opens='{', closes='}'):
+    """{index of an opening bracket: index of its closing one}, one linear pass."""
+    stack, pairs = [], {}
+    for i, ch in enumerate(s):
+        if ch in opens:
+            stack.append(i)
+        elif ch in closes and stack:
+            pairs[stack.pop()] = i
+    return pairs
+
+
+# ----------------------------------------------------------------------- extraction
+def _brace_end(text, i, limit):
+    """Index of the '}' closing the '{' at i, or -1; str.find jumps keep it linear."""
+    depth, k, stop = 0, i, min(len(text), i + limit)
+    o = c = -2
+    while True:
+        if o < k and o != -1:
+            o = text.find('{', k, stop)
+        if c < k:
+            c = text.find('}', k, stop)
+            if c < 0:
+                return -1
+        if 0 <= o < c:
+            depth, k = depth + 1, o + 1
+        else:
+            depth, k = depth - 1, c + 1
+            if depth == 0:
+                return c
+
+
+def _box_at(text, i):
+    """(content, end) of the \\boxed / \\fbox starting at i, or (None, end)."""
+    k = i + (6 if text.startswith('\\boxed', i) else 5)
+    while k < len(text) and text[k] == ' ':
+        k += 1
+    if text.startswith('{', k):
+        end = _brace_end(text, k, MAX_BOX_CHARS)
+        return (text[k + 1:end], end + 1) if end > 0 else (None, k)
+    j = k  # "\boxed 5": up to the next space or '$'
+    while j < len(text) and j - k < 100 and text[j] not in ' $\n':
+        j += 1
+    return (text[k:j], j) if j > k else (None, k)
+
+
+def _is_connective(gap):
+    """Text between two boxes that makes them one answer list ("$, $", " or ")."""
+    if len(gap) > 40 or '\n' in gap or '.' in gap:
+        return False
+    for tok in ('\\text', '\\quad', '\\,', '\\(', '\\)', 'and', 'or', '$', ',', ';', '{', '}', '=', ' '):
+        gap = gap.replace(tok, '')
+    return gap == '' or (len(gap) == 1 and _is_letter(gap))  # "$x = \boxed{3}$ or $x = \boxed{4}$"
+
+
+def _last_boxed(text):
+    answers, end, prev = [], len(text), None
+    for _ in range(MAX_BOXES):
+        i = max(text.rfind('\\boxed', 0, end), text.rfind('\\fbox', 0, end))
+        if i < 0:
+            break
+        content, stop = _box_at(text, i)
+        end = i
+        if content is None or not content.strip():
+            if answers:
+                break
+            continue  # an unclosed or empty box (truncated output): look further back
+        if prev is not None and (stop > prev or not _is_connective(text[stop:prev])):
+            break
+        content = content.strip()
+        # "\boxed{5} $\boxed{5}$" or "\boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}"
+        # restate one answer: keep the last form of it.
+        if not any(is_equivalent(content, a) for a in answers):
+            answers.append(content)
+        prev = i
+    return ', '.join(reversed(answers)) if answers else None
+
+
+def _after_marker(text):
+    """The rest of the line after the last 'answer is' / 'answer:' / '####'."""
+    low = text.lower()
+    best = -1
+    for marker in ('answer is', 'answer:', 'answer =', '####'):
+        j = low.rfind(marker)
+        if j >= 0:
+            best = max(best, j + len(marker))
+    if best < 0:
+        return None
+    rest = text[best:best + 2000].lstrip(' \t\n:*')
+    line = rest.split('\n', 1)[0]
+    cut = line.find('. ')  # "The answer is 42. Let me check." -> 42
+    if cut >= 0:
+        line = line[:cut]
+    line = line.strip(' \t*.').strip()[:300]
+    return line or None
+
+
+def _last_number(text):
+    i = max(text.rfind(d) for d in '0123456789')
+    if i < 0:
+        return None
+    j = i
+    while j > 0 and i - j < 40 and (text[j - 1].isdigit() or
+                                     (text[j - 1] in '.,/' and j - 2 >= 0 and text[j - 2].isdigit())):
+        j -= 1
+    if j > 0 and text[j - 1] in '-\u2212':
+        j -= 1
+    return text[j:i + 1]
+
+
+def extract_answer(response, last_number=False):
+    """The final answer in a response: last box, else 'answer is ...', else (if asked)
+    the last number; None when there is none."""
+    try:
+        text = _as_text(response)
+        if text is None:
+            return None
+        text = _sanitize(text[-TAIL_CHARS:])
+        found = _last_boxed(text) or _after_marker(text)
+        if found is None and last_number:
+            found = _last_number(text)
+        return found
+    except Exception:  # a reward function must not crash a training run
+        return None
+
+
+# -------------------------------------------------------------------- normalisation
+_UNICODE = {
+    '\u2212': '-', '\u2013': '-', '\u2014': '-', '\u2010': '-', '\u2011': '-', '\ufe63': '-',
+    '\u00d7': '\\times ', '\u22c5': '\\cdot ', '\u00b7': '\\cdot ', '\u2219': '\\cdot ',
+    '\u00f7': '/', '\u2215': '/', '\u2044': '/', '\u03c0': '\\pi ', '\u221e': '\\infty ',
+    '\u00b0': '^\\circ ', '\u2264': '\\le ', '\u2265': '\\ge ', '\u2260': '\\ne ',
+    '\u00b1': '\\pm ', '\u2213': '\\mp ', '\u222a': '\\cup ', '\u2229': '\\cap ',
+    '\u2208': '\\in ', '\u2248': '\\approx ', '\u2032': "'", '\u20ac': '', '\u00a3': '',
+    '\u00a5': '', '\u221a': '\\sqrt', '\u221b': '\\sqrt[3]',
+    '\u00bd': '\\frac{1}{2}', '\u2153': '\\frac{1}{3}', '\u2154': '\\frac{2}{3}',
+    '\u00bc': '\\frac{1}{4}', '\u00be': '\\frac{3}{4}', '\u215b': '\\frac{1}{8}',
+}
+_SUPERSCRIPTS = dict(zip('\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b\u207a',
+                         '0123456789-+'))
+
+
+def _unicode_to_latex(s):
+    out, i = [], 0
+    while i < len(s):
+        ch = s[i]
+        if ch in _SUPERSCRIPTS:  # x\u00b2 -> x^{2}, 10\u207b\u00b3 -> 10^{-3}
+            j = i
+            while j < len(s) and s[j] in _SUPERSCRIPTS:
+                j += 1
+            out.append('^{' + ''.join(_SUPERSCRIPTS[c] for c in s[i:j]) + '}')
+            i = j
+            continue
+        if ch == '\u221a' and s[i + 1:i + 2].isdigit():  # \u221a12 is sqrt(12), not sqrt(1)*2
+            j = i + 1
+            while j < len(s) and s[j].isdigit():
+                j += 1
+            out.append('\\sqrt{' + s[i + 1:j] + '}')
+            i = j
+            continue
+        out.append(_UNICODE.get(ch, ch))
+        i += 1
+    return unicodedata.normalize('NFKC', ''.join(out))  # full-width digits, odd spaces
+
+
+def _strip_wrappers(s):
+    """$...$, \\(...\\), \\[...\\], \\boxed{...} around the whole answer; trailing period."""
+    for _ in range(8):
+        t = s.strip().rstrip('.').strip()
+        for a, b in (('$$', '$$'), ('$', '$'), ('\\(', '\\)'), ('\\[', '\\]')):
+            if len(t) >= len(a) + len(b) and t.startswith(a) and t.endswith(b):
+                t = t[len(a):-len(b)]
+                break
+        for cmd in ('\\boxed', '\\fbox'):
+            if t.startswith(cmd + '{') and _brace_end(t, len(cmd), len(t) + 1) == len(t) - 1:
+                t = t[len(cmd) + 1:-1]
+        if t == s:
+            return t
+        s = t
+    return s
+
+
+_SPACING = {'left', 'right', 'big', 'Big', 'bigg', 'Bigg', 'bigl', 'bigr', 'Bigl', 'Bigr',
+            'biggl', 'biggr', 'displaystyle', 'textstyle', 'quad', 'qquad', 'limits', 'rm'}
+_TEXT_CMDS = {'text', 'textbf', 'textit', 'textrm', 'textsf', 'texttt', 'textnormal', 'mathrm',
+              'mathbf', 'mathit', 'mathsf', 'mbox', 'hbox', 'operatorname', 'boldsymbol', 'bm'}
+_RENAME = {'dfrac': '\\frac', 'tfrac': '\\frac', 'cfrac': '\\frac', 'dbinom': '\\binom',
+           'tbinom': '\\binom', 'cdot': '*', 'times': '*', 'ast': '*', 'div': '/',
+           'leq': '\\le', 'leqslant': '\\le', 'geq': '\\ge', 'geqslant': '\\ge', 'neq': '\\ne',
+           'lbrace': '\\{', 'rbrace': '\\}', 'circ': '', 'degree': '', 'prime': "'",
+           'varnothing': '\\emptyset', 'lvert': '|', 'rvert': '|', 'vert': '|', 'colon': ':'}
+_SYMBOLS = {',': ' ', '!': ' ', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
+
+
+def _is_unit_text(t, spaced=False):
+    """Does \\text{t} after a number look like a unit ("cm", " degrees", "~m/s^2")?"""
+    core = t.strip(' ~')
+    if not core or core.lower() in ('or', 'and') or not all(
+            _is_letter(c) or c in ' ~/^-{}.' or c.isdigit() for c in core):
+        return False
+    run = best = 0
+    for c in core:
+        run = run + 1 if _is_letter(c) else 0
+        best = max(best, run)
+    return best >= 2 or (best == 1 and (spaced or t[:1] in ' ~'))
+
+
+def _skip_unit(s, i, pairs):
+    """Past the exponent of a dropped unit (cm^2) and the units it is divided or
+    multiplied by (\\mathrm{~km} / \\mathrm{s}, \\mathrm{kcal} \\mathrm{m}^{-2})."""
+    while True:
+        if s[i:i + 1] == '^':
+            i = pairs.get(i + 1, i + 1) + 1 if s[i + 1:i + 2] == '{' else i + 2
+        k = i
+        while k < len(s) and s[k] in ' /*':
+            k += 1
+        if s.startswith('\\cdot', k):
+            k += 5
+        while k < len(s) and s[k] == ' ':
+            k += 1
+        j = k + 1
+        while j < len(s) and _is_letter(s[j]):
+            j += 1
+        if s[k:k + 1] != '\\' or s[k + 1:j] not in _TEXT_CMDS or s[j:j + 1] != '{' or j not in pairs:
+            return i
+        unit = s[j + 1:pairs[j]].strip(' ~')
+        if not unit or not all(_is_letter(c) or c in ' ~' for c in unit):
+            return i
+        i = pairs[j] + 1
+
+
+def _rewrite_commands(s):
+    """One pass over the LaTeX commands: drop spacing, unwrap \\text, rename synonyms."""
+    pairs = _match(s)
+    out, i, n = [], 0, len(s)
+    close_as_space, seen_digit = set(), False
+    while i < n:
+        ch = s[i]
+        if ch != '\\':
+            out.append(' ' if i in close_as_space else ch)
+            seen_digit = seen_digit or ch.isdigit()
+            i += 1
+            continue
+        j = i + 1
+        while j < n and _is_letter(s[j]):
+            j += 1
+        name = s[i + 1:j]
+        if not name:  # a control symbol: \, \! \% \$ \{ \\ ...
+            sym = s[i + 1:i + 2]
+            out.append(_SYMBOLS.get(sym, '\\' + sym))
+            i += 2
+            continue
+        i = j
+        if name in _SPACING:
+            out.append(' ')
+            if name in ('left', 'right') and s[i:i + 1] == '.':
+                i += 1  # the invisible delimiter \right.
+        elif name in _TEXT_CMDS:
+            k = i
+            while k < n and s[k] == ' ':
+                k += 1
+            end = pairs.get(k, -1) if s[k:k + 1] == '{' else -1
+            if end < 0:
+                continue
+            spaced = bool(out) and out[-1].endswith(' ')  # "5\\,\\text{m}"
+            if seen_digit and _is_unit_text(s[k + 1:end], spaced):
+                i = _skip_unit(s, end + 1, pairs)  # a unit after a number: drop it
+                continue
+            out.append(' ')
+            close_as_space.add(end)
+            i = k + 1
+        else:
+            out.append(_RENAME.get(name, '\\' + name))
+    return ''.join(out)
+
+
+def _replace_word(s, word, repl):
+    """Replace a standalone ASCII word (not part of a longer word or a \\command)."""
+    out, last, i = [], 0, s.find(word)
+    while i >= 0:
+        j = i + len(word)
+        before = s[i - 1] if i else ' '
+        after = s[j] if j < len(s) else ' '
+        if not _is_letter(before) and before != '\\' and not _is_letter(after):
+            out.append(s[last:i] + repl)
+            last = j
+        i = s.find(word, j)
+    return ''.join(out) + s[last:]
+
+
+def _is_unit_word(w):
+    """'cm', 'dollars', 'm/s', 'cm^2', 'km/h': words of letters after a number."""
+    base, _, exp = w.partition('^')
+    if exp and not _is_digits(exp.strip('{}-')):
+        return False
+    parts = base.split('/')
+    return (all(p and all(_is_letter(c) for c in p) for p in parts)
+            and sum(len(p) for p in parts) >= 2 and not base.startswith('\\'))
+
+
+def _strip_plain_units(s):
+    """'5 cm', '18 dollars', '100 parsecs' -> the number (the words need a space)."""
+    words = s.split()
+    while len(words) > 1 and _is_unit_word(words[-1]):
+        rest = ' '.join(words[:-1]).rstrip()
+        if not rest or not any(c.isdigit() for c in rest) or rest[-1] not in '0123456789}).%':
+            break
+        words.pop()
+    return ' '.join(words) if len(words) < len(s.split()) else s
+
+
+def _squeeze_spaces(s):
+    """Remove spaces, except one between a \\command and a letter (\\cot x, \\pi r)."""
+    out, in_cmd, pending = [], False, False
+    for ch in s:
+        if ch == ' ':
+            pending = pending or in_cmd
+            continue
+        if pending and _is_letter(ch):
+            out.append(' ')
+        pending = False
+        out.append(ch)
+        in_cmd = ch == '\\' or (in_cmd and _is_letter(ch))
+    return ''.join(out)
+
+
+def _mixed_numbers(s):
+    # In MATH golds "137 \frac{1}{2}" is 137.5: an integer directly before a numeric
+    # \frac is a mixed number, never a product.
+    if '\\frac{' not in s:
+        return s
+    pairs = _match(s)
+    out, last, i = [], 0, s.find('\\frac{')
+    while i >= 0:
+        a = pairs.get(i + 5, -1)
+        b = pairs.get(a + 1, -1) if a > 0 and s[a + 1:a + 2] == '{' else -1
+        j = i
+        while j > last and s[j - 1].isdigit():
+            j -= 1
+        if (b > 0 and j < i and _is_digits(s[i + 6:a]) and _is_digits(s[a + 2:b])
+                and (j == 0 or s[j - 1] in '+-(,=[{ ')):
+            out.append(s[last:j] + '(' + s[j:i] + '+' + s[i:b + 1] + ')')
+            last = b + 1
+        i = s.find('\\frac{', max(i + 1, last))
+    return ''.join(out) + s[last:]
+
+
+_NUMBER_WORDS = {w: k for k, w in enumerate(
+    'zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen '
+    'fifteen sixteen seventeen eighteen nineteen twenty'.split())}
+_NUMBER_WORDS.update({w: 10 * k for k, w in enumerate(
+    'thirty forty fifty sixty seventy eighty ninety'.split(), start=3)})
+
+
+def _number_word(s):
+    low = s.lower()
+    if low in _NUMBER_WORDS:
+        return str(_NUMBER_WORDS[low])
+    tens, _, unit = low.partition('-')
+    if tens in _NUMBER_WORDS and _NUMBER_WORDS[tens] >= 20 and 0 < _NUMBER_WORDS.get(unit, 0) < 10:
+        return str(_NUMBER_WORDS[tens] + _NUMBER_WORDS[unit])
+    return s
+
+
+def _drop_thousands(s):
+    """'1,080' / '-11,111,111,100.5' -> without commas, only if the whole answer is one."""
+    body = s[1:] if s[:1] in '+-' else s
+    whole, _, frac = body.partition('.')
+    groups = whole.split(',')
+    if (len(groups) >= 2 and 1 <= len(groups[0]) <= 3 and all(_is_digits(g) for g in groups)
+            and all(len(g) == 3 for g in groups[1:]) and (not frac or _is_digits(frac))):
+        return s.replace(',', '')
+    return s
+
+
+def _canonical(s):
+    """The normalised string of an answer (see the rules at the top)."""
+    s = _unicode_to_latex(s)
+    if len(s) > 2 * MAX_ANSWER_CHARS:  # 1000 x '½' grows 11-fold
+        raise _Unsupported('answer too long')
+    s = _strip_wrappers(s)
+    for pat in ('^{\\circ}', '^\\circ', '{}^{\\circ}', '^{\\prime}', '^\\prime'):
+        s = s.replace(pat, "'" if 'prime' in pat else '')
+    s = _rewrite_commands(s)
+    for a, b in (('^{}', ''), ('~', ' '), ('\n', ' '), ('\t', ' '), ('\r', ' '), ('$', ''),
+                 ('%', ''), (';', ','), ('{,}', ',')):
+        s = s.replace(a, b)
+    s = _replace_word(_replace_word(s, 'or', ','), 'and', ',')
+    s = _squeeze_spaces(_strip_plain_units(s.strip()))
+    s = s.strip().rstrip('.').strip(',')
+    while s.endswith('\\\\'):
+        s = s[:-2]
+    if s.startswith('+'):
+        s = s[1:]
+    s = _drop_thousands(_number_word(s))
+    return _mixed_numbers(s)
+
+
+# ------------------------------------------------------------------------ evaluator
+_FUNCS = {'sin': cmath.sin, 'cos': cmath.cos, 'tan': cmath.tan, 'cot': lambda z: 1 / cmath.tan(z),
+          'sec': lambda z: 1 / cmath.cos(z), 'csc': lambda z: 1 / cmath.sin(z),
+          'arcsin': cmath.asin, 'arccos': cmath.acos, 'arctan': cmath.atan, 'sinh': cmath.sinh,
+          'cosh': cmath.cosh, 'tanh': cmath.tanh, 'ln': cmath.log, 'log': cmath.log,
+          'exp': cmath.exp}
+_STRUCTURAL = {'frac', 'sqrt', 'binom', 'lfloor', 'rfloor', 'lceil', 'rceil'}
+_NOT_EXPR = {'le', 'ge', 'ne', 'lt', 'gt', 'in', 'notin', 'cup', 'cap', 'infty', 'pm', 'mp',
+             'begin', 'end', 'emptyset', 'to', 'rightarrow', 'Rightarrow', 'implies', 'iff',
+             'approx', 'dots', 'ldots', 'cdots', 'setminus', 'subset', 'subseteq', 'forall',
+             'exists', 'neg', 'land', 'lor', 'not', 'equiv', 'sim', 'simeq', 'propto', 'mod',
+             'pmod', 'bmod', 'sum', 'prod', 'int', 'lim', 'max', 'min', 'gcd', 'lcm'}
+
+
+def _read_name(s, i, j, braces):
+    """A variable name from s[i:j] plus its subscript (x_1, x_{10}) and primes (y')."""
+    name = s[i:j]
+    if s[j:j + 1] == '_':
+        if s[j + 1:j + 2] == '{' and j + 1 in braces:
+            name += '_' + s[j + 2:braces[j + 1]]
+            j = braces[j + 1] + 1
+        elif j + 1 < len(s):
+            name += '_' + s[j + 1]
+            j += 2
+    while s[j:j + 1] == "'":
+        name, j = name + "'", j + 1
+    return name, j
+
+
+def _number(text):
+    _, _, exp = text.lower().partition('e')
+    if exp and abs(int(exp)) > 400:
+        raise _Unsupported('exponent too large')
+    return Fraction(text)
+
+
+def _tokenize(s):
+    """Tokens: ('num', Fraction, text) ('var', name) ('const', complex) ('func', name, base)
+    ('cmd', name) ('op', char)."""
+    braces, toks, i, n = _match(s), [], 0, len(s)
+    while i < n:
+        ch = s[i]
+        if ch == ' ':
+            i += 1
+        elif ch.isdigit() and ch <= '9' or (ch == '.' and s[i + 1:i + 2].isdigit()):
+            j = i
+            while j < n and '0' <= s[j] <= '9':
+                j += 1
+            if s[j:j + 1] == '.':
+                j += 1
+                while j < n and '0' <= s[j] <= '9':
+                    j += 1
+            if s[j:j + 1] in ('e', 'E'):  # 4.5e33 is scientific notation, not 4.5*e*33
+                k = j + 2 if s[j + 1:j + 2] in ('+', '-') else j + 1
+                if s[k:k + 1].isdigit():
+                    j = k
+                    while j < n and '0' <= s[j] <= '9':
+                        j += 1
+            toks.append(('num', _number(s[i:j]), s[i:j]))
+            i = j
+            if s[i:i + 1] == '_':  # 204_5: a base subscript, the digits are compared
+                _, i = _read_name(s, i, i, braces)
+        elif _is_letter(ch):
+            j = i  # the longest function name has 6 letters: never scan a long word
+            while j < n and j - i < 7 and _is_letter(s[j]):
+                j += 1
+            if s[i:j] in _FUNCS:  # sin x written without the backslash
+                toks.append(('func', s[i:j], None))
+                i = j
+                continue
+            if j - i >= 4:  # a word ("where b is ..."), not a product of 4 variables
+                raise _Unsupported('word')
+            name, i = _read_name(s, i, i + 1, braces)
+            toks.append(('const', cmath.e) if name == 'e' else ('const', 1j) if name == 'i'
+                        else ('var', name))
+        elif ch == '\\':
+            j = i + 1
+            while j < n and _is_letter(s[j]):
+                j += 1
+            name = s[i + 1:j]
+            if not name or name in _NOT_EXPR:
+                raise _Unsupported(name)
+            if name in _FUNCS:
+                base = None
+                if s[j:j + 1] == '_':
+                    sub, j = _read_name(s, j, j, braces)
+                    base = sub[1:]
+                toks.append(('func', name, base))
+                i = j
+            elif name in _STRUCTURAL:
+                toks.append(('cmd', name))
+                i = j
+            elif name == 'pi':
+                toks.append(('const', complex(math.pi)))
+                i = j
+            else:  # \alpha, \omega_{n}, \hbar: a variable
+                var, i = _read_name(s, i, j, braces)
+                toks.append(('var', var))
+        elif ch in '+-*/^!()[]{}|':
+            if s.startswith('**', i):
+                toks.append(('op', '^'))
+                i += 2
+            else:
+                toks.append(('op', ch))
+                i += 1
+        else:
+            raise _Unsupported(ch)
+        if len(toks) > MAX_TOKENS:
+            raise _Unsupported('too long')
+    return toks
+
+
+def _checked(x):
+    if isinstance(x, Fraction):
+        if max(x.numerator.bit_length(), x.denominator.bit_length()) > MAX_BITS:
+            raise _Unsupported('number too large')
+        return x
+    x = complex(x)
+    if not cmath.isfinite(x):
+        raise _Unsupported('overflow')
+    return x
+
+
+def _root(x, q):
+    """Exact q-th root of a Fraction >= 0, or None."""
+    if x.numerator >= 2 ** 1000 or x.denominator >= 2 ** 1000:
+        return None
+    parts = []
+    for v in (x.numerator, x.denominator):
+        r = round(v ** (1.0 / q))
+        r = next((c for c in (r - 1, r, r + 1) if c >= 0 and c ** q == v), None)
+        if r is None:
+            return None
+        parts.append(r)
+    return Fraction(parts[0], parts[1])
+
+
+def _pow(x, y):
+    if isinstance(x, Fraction) and isinstance(y, Fraction):
+        if y.denominator == 1:
+            bits = max(x.numerator.bit_length(), x.denominator.bit_length())
+            if abs(y.numerator) > 100_000 or (bits > 1 and bits * abs(y.numerator) > MAX_BITS):
+                raise _Unsupported('power too large')  # 10^10^10 is refused, not computed
+            return x ** y.numerator
+        if x > 0 and y.denominator <= 12:
+            r = _root(x, y.denominator)
+            if r is not None:
+                return _pow(r, Fraction(y.numerator))
+    z, w = complex(x), complex(y)
+    if z == 0:
+        if w.real > 0:
+            return complex(0)
+        raise ZeroDivisionError
+    if abs(w) > 1e6 or abs(w) * (abs(math.log(abs(z))) + math.pi) > 700:
+        raise _Unsupported('power too large')
+    if z.imag == 0 and w.imag == 0 and z.real > 0:
+        return complex(z.real ** w.real)
+    return z ** w
+
+
+def _sqrt(x, n=2):
+    if isinstance(x, Fraction) and x >= 0:
+        r = _root(x, n)
+        if r is not None:
+            return r
+    if isinstance(x, Fraction) and x < 0 and n % 2:
+        return -_pow(-x, Fraction(1, n))  # the real cube root of a negative number
+    return cmath.sqrt(x) if n == 2 else _pow(x, Fraction(1, n))
+
+
+def _integer(x, lo=0, hi=1000):
+    if isinstance(x, Fraction) and x.denominator == 1 and lo <= x <= hi:
+        return int(x)
+    raise _Unsupported('needs a small integer')
+
+
+def _real(x):
+    if isinstance(x, Fraction):
+        return x
+    if abs(x.imag) > 1e-12 * max(1.0, abs(x.real)):
+        raise _Unsupported('not real')
+    return x.real
+
+
+class _Parser:
+    """Precedence climbing over the tokens; every rule returns the expression's values at
+    the sample points (a tuple), so no tree is built and nothing is run as code."""
+
+    def __init__(self, toks, env, k):
+        self.toks, self.pos, self.depth, self.env, self.k = toks, 0, 0, env, k
+
+    def peek(self, kind=None, value=None):
+        t = self.toks[self.pos] if self.pos < len(self.toks) else None
+        if t is None or (kind and t[0] != kind) or (value and t[1] != value):
+            return None
+        return t
+
+    def expect(self, value):
+        if not self.peek('op', value):
+            raise _Unsupported('expected ' + value)
+        self.pos += 1
+
+    def nest(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Unsupported('nested too deep')
+
+    def lift(self, f, *args):
+        return tuple(_checked(f(*xs)) for xs in zip(*args))
+
+    def parse(self):
+        v = self.expr()
+        if self.pos != len(self.toks):
+            raise _Unsupported('trailing tokens')
+        return v
+
+    def expr(self):
+        self.nest()
+        v = self.term()
+        while self.peek('op', '+') or self.peek('op', '-'):
+            op = self.toks[self.pos][1]
+            self.pos += 1
+            w = self.term()
+            v = self.lift(_OPS[op], v, w)
+        self.depth -= 1
+        return v
+
+    def starts_factor(self):
+        t = self.peek()
+        if t is None or t[0] == 'cmd' and t[1] in ('rfloor', 'rceil'):
+            return False
+        return t[0] != 'op' or t[1] in '([{'
+
+    def term(self):
+        v = self.unary()
+        while True:
+            if self.peek('op', '*') or self.peek('op', '/'):
+                op = self.toks[self.pos][1]
+                self.pos += 1
+                w = self.unary()
+                v = self.lift(_OPS[op], v, w)
+            elif self.starts_factor():  # implicit product: 2x, 3\sqrt{2}, (a+5)(b+2)
+                v = self.lift(operator.mul, v, self.power())
+            else:
+                return v
+
+    def unary(self):
+        sign = 1
+        while self.peek('op', '-') or self.peek('op', '+'):
+            sign = -sign if self.toks[self.pos][1] == '-' else sign
+            self.pos += 1
+        v = self.power()
+        return self.lift(operator.neg, v) if sign < 0 else v
+
+    def power(self):
+        self.nest()
+        v = self.primary()
+        while self.peek('op', '!'):
+            self.pos += 1
+            v = self.lift(lambda a: Fraction(math.factorial(_integer(a))), v)
+        if self.peek('op', '^'):
+            self.pos += 1
+            v = self.lift(_pow, v, self.exponent())
+        self.depth -= 1
+        return v
+
+    def exponent(self):
+        """After '^': an optional sign (x^-1), then a power: 2^3^2 = 2^9."""
+        negative = bool(self.peek('op', '-'))
+        self.pos += negative
+        v = self.power()
+        return self.lift(operator.neg, v) if negative else v
+
+    def group(self):
+        """A braced argument {...}, or a single factor; \\frac12 is \\frac{1}{2}."""
+        t = self.peek('num')
+        if t and len(t[2]) > 1 and _is_digits(t[2]):  # an unbraced argument is one digit
+            self.toks[self.pos] = ('num', Fraction(t[2][1:]), t[2][1:])
+            return (Fraction(t[2][0]),) * self.k
+        if self.peek('op', '{'):
+            self.pos += 1
+            v = self.expr()
+            self.expect('}')
+            return v
+        return self.power()
+
+    def primary(self):
+        t = self.peek()
+        if t is None:
+            raise _Unsupported('missing operand')
+        self.pos += 1
+        kind = t[0]
+        if kind in ('num', 'const'):
+            return (t[1],) * self.k
+        if kind == 'var':
+            return self.env[t[1]]
+        if kind == 'func':
+            return self.function(t[1], t[2])
+        if kind == 'op' and t[1] in '([{|':
+            v = self.expr()
+            close = {'(': ')', '[': ']', '{': '}', '|': '|'}[t[1]]
+            if t[1] == '(' and self.peek('op', ']') or t[1] == '[' and self.peek('op', ')'):
+                raise _Unsupported('interval, not a value')
+            self.expect(close)
+            return self.lift(abs, v) if close == '|' else v
+        if kind == 'cmd':
+            return self.command(t[1])
+        raise _Unsupported('unexpected ' + str(t[1]))
+
+    def command(self, name):
+        if name in ('frac', 'binom'):
+            a, b = self.group(), self.group()
+            if name == 'frac':
+                return self.lift(operator.truediv, a, b)
+            return self.lift(lambda x, y: Fraction(math.comb(_integer(x), _integer(y))), a, b)
+        if name == 'sqrt':
+            n = 2
+            if self.peek('op', '['):
+                self.pos += 1
+                idx = self.expr()
+                self.expect(']')
+                n = _integer(idx[0], 2, 12)
+            return self.lift(lambda x: _sqrt(x, n), self.group())
+        if name in ('lfloor', 'lceil'):
+            v = self.expr()
+            t = self.peek('cmd')
+            if not t or t[1] != ('rfloor' if name == 'lfloor' else 'rceil'):
+                raise _Unsupported('unclosed ' + name)
+            self.pos += 1
+            f = math.floor if name == 'lfloor' else math.ceil
+            return self.lift(lambda x: Fraction(f(_real(x))), v)
+        raise _Unsupported(name)
+
+    def function(self, name, base):
+        exponent = None
+        if self.peek('op', '^'):  # \sin^2 x
+            self.pos += 1
+            exponent = self.exponent()
+        if self.peek('op', '(') or self.peek('op', '{'):
+            arg = self.primary()
+        else:  # \sin 2x: the implicit product up to the next operator or function
+            arg = self.power()
+            while self.starts_factor() and not self.peek('func'):
+                arg = self.lift(operator.mul, arg, self.power())
+        v = self.lift(lambda z: _FUNCS[name](complex(z)), arg)
+        if base is not None:  # \log_{10} 250
+            b = _number(base.strip('{}')) if base.strip('{}').replace('.', '').isdigit() else None
+            if not b or b == 1:
+                raise _Unsupported('log base')
+            v = tuple(x / cmath.log(complex(b)) for x in v)
+        return self.lift(_pow, v, exponent) if exponent else v
+
+
+_OPS = {'+': operator.add, '-': operator.sub, '*': operator.mul, '/': operator.truediv}
+
+
+def _evaluate(s):
+    """(free variables, values at the sample points) of an expression, or None."""
+    try:
+        toks = _tokenize(s)
+        names = sorted({t[1] for t in toks if t[0] == 'var'})
+        if len(names) > len(_SAMPLE[0]):
+            return None
+        k = N_POINTS if names else 1
+        env = {v: tuple(complex(_SAMPLE[p][j]) for p in range(k)) for j, v in enumerate(names)}
+        return tuple(names), _Parser(toks, env, k).parse()
+    except (_Unsupported, ArithmeticError, ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
+# ---------------------------------------------------------------------- structure
+def _split_top(s, sep):
+    """Split at sep outside any brackets."""
+    parts, depth, last, i = [], 0, 0, 0
+    while i < len(s):
+        ch = s[i]
+        if ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i) and not (
+                _is_letter(sep[-1]) and i + len(sep) < len(s) and _is_letter(s[i + len(sep)])):
+            parts.append(s[last:i])
+            last = i + len(sep)
+            i = last
+            continue
+        i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def _outer_pair(s):
+    """('(', ']', inner) when s is one bracketed group like (3,4] or \\{1,2\\}, else None."""
+    if s.startswith('\\{') and s.endswith('\\}'):
+        opening, closing, start = '\\{', '\\}', 1
+    elif len(s) >= 2 and s[0] in '([' and s[-1] in ')]':
+        opening, closing, start = s[0], s[-1], 0
+    else:
+        return None
+    depth = 0
+    for i in range(start, len(s)):
+        depth += 1 if s[i] in '([{' else -1 if s[i] in ')]}' else 0
+        if depth == 0:
+            if i != len(s) - 1:
+                return None
+            break
+    inner = s[2:-2] if opening == '\\{' else s[1:-1]
+    return opening, closing, inner
+
+
+def _is_name(s):
+    """x, k, x_1, m_{\\max}, \\theta, f(x), y', (x, y): a left side that only names the answer."""
+    if len(s) > 2 and s[0] == '(' and s[-1] == ')' and ',' in s:
+        return all(_is_name(p.strip()) for p in s[1:-1].split(','))
+    if s[:1] == '\\':
+        j = 1
+        while j < len(s) and _is_letter(s[j]):
+            j += 1
+        if j == 1 or s[1:j] in _NOT_EXPR or s[1:j] in _STRUCTURAL or s[1:j] in _FUNCS:
+            return False
+    elif s[:1] and _is_letter(s[0]):
+        j = 1
+    else:
+        return False
+    _, j = _read_name(s, 0, j, _match(s))
+    if s[j:j + 1] == '(' and s.endswith(')') and '(' not in s[j + 1:-1]:
+        j = len(s)
+    return j == len(s)
+
+
+def _leaf(s):
+    s = s[1:] if s.startswith('+') else s  # (2, +\\infty)
+    return ('leaf', s, _evaluate(s), _precision(s))
+
+
+def _precision(s):
+    """(half unit of the last digit, significant digits, e-notation?) of a numeral."""
+    body = s[1:] if s[:1] in '+-' else s
+    mant, e, exp = body.lower().partition('e')
+    if e and not (_is_digits(exp.lstrip('+-')) and len(exp) < 5):
+        return None
+    whole, _, frac = mant.partition('.')
+    if not (_is_digits(whole + frac) and (whole or frac)):
+        return None
+    digits = (whole + frac).lstrip('0')
+    unit = Fraction(10) ** (int(exp or 0) - len(frac))
+    return unit / 2, len(digits), bool(e)
+
+
+def _analyse(s, depth=0):
+    """The structure of a canonical answer: nested ('list'|'seq'|'matrix'|'eq'|'leaf', ...)."""
+    if depth > 8 or not s:
+        return _leaf(s)
+    if '\\approx' in s:  # "x \approx 3.14": the value after the last approximation sign
+        return _analyse(s[s.rfind('\\approx') + 7:].strip(), depth + 1)
+    parts = _split_top(s, ',')
+    if len(parts) > 1:
+        return _collection(parts, depth)
+    parts = _split_top(s, '\\cup')
+    if len(parts) > 1:
+        return _collection(parts, depth)
+    if s.startswith('\\begin{') and s.endswith('matrix}'):
+        return _matrix(s, depth)
+    pair = _outer_pair(s)
+    if pair and (pair[0] == '\\{' or len(_split_top(pair[2], ',')) > 1):
+        items = _split_top(pair[2], ',')
+        if pair[0] == '\\{':
+            return _collection(items, depth)
+        if len(items) <= MAX_ITEMS:
+            return ('seq', pair[0] + pair[1], tuple(_analyse(x.strip(), depth + 1) for x in items))
+    sides = _split_top(s, '=')
+    if len(sides) >= 3 or (len(sides) == 2 and _is_name(sides[0].strip())):
+        return _analyse(sides[-1].strip(), depth + 1)
+    if len(sides) == 2:
+        return ('eq', s, _evaluate('(' + sides[0] + ')-(' + sides[1] + ')'))
+    k = s.find('\\in')
+    if k > 0 and not _is_letter(s[k + 3:k + 4]) and _is_name(s[:k].strip()):
+        return _analyse(s[k + 3:].strip(), depth + 1)
+    if s.count('\\pm') == 1 or s.count('\\mp') == 1:
+        cmd = '\\pm' if '\\pm' in s else '\\mp'
+        return ('list', (_leaf(s.replace(cmd, '+')), _leaf(s.replace(cmd, '-'))))
+    return _leaf(s)
+
+
+def _collection(parts, depth):
+    """An unordered list; items that are themselves \\pm-lists are spliced in."""
+    if len(parts) > MAX_ITEMS:
+        raise _Unsupported('too many items')
+    items = []
+    for p in (p for p in parts if p.strip()):  # "3, 5, and 7" leaves an empty item
+        node = _analyse(p.strip(), depth + 1)
+        items.extend(node[1] if node[0] == 'list' else (node,))
+    return ('list', tuple(items))
+
+
+def _matrix(s, depth):
+    env = s[len('\\begin{'):s.find('}')]
+    body = s[s.find('}') + 1:s.rfind('\\end{')]
+    rows = [r for r in _split_top(body, '\\\\') if r.strip()]
+    cells = [_split_top(r, '&') for r in rows]
+    if env not in ('pmatrix', 'bmatrix', 'matrix', 'Bmatrix', 'smallmatrix') or \
+            sum(len(r) for r in cells) > MAX_ITEMS:
+        return _leaf(s)
+    return ('matrix', tuple(tuple(_analyse(c.strip(), depth + 1) for c in r) for r in cells))
+
+
+# --------------------------------------------------------------------- comparison
+def _close(p, g, tol=None):
+    """Exact for two rationals, relative REL_TOL otherwise; tol: a rounding allowance."""
+    if isinstance(p, Fraction) and isinstance(g, Fraction):
+        return p == g or (tol is not None and abs(p - g) <= tol)
+    d = abs(complex(p) - complex(g))
+    if tol is not None and d <= float(tol) * (1 + 1e-12):
+        return True
+    return d <= REL_TOL * max(abs(complex(p)), abs(complex(g))) + 1e-15
+
+
+def _rounding(p, g):
+    """The allowance for a gold written in e-notation (4.5e33): half its last digit, or
+    half the prediction's last digit when the prediction is that gold rounded further."""
+    gp, pp = g[3], p[3]
+    if not gp or not gp[2]:
+        return None
+    tol = gp[0]
+    if pp and 2 <= pp[1] < gp[1]:
+        tol = max(tol, pp[0])
+    return tol
+
+
+def _choice(s, prefix_ok):
+    """The letter of a multiple-choice answer: B, (B), or (for a prediction) (B) 42."""
+    if len(s) == 1 and s.upper() in 'ABCDE':
+        return s.upper()
+    if len(s) >= 3 and s[0] == '(' and s[2] == ')' and s[1].upper() in 'ABCDE' and (
+            prefix_ok or len(s) == 3):
+        return s[1].upper()
+    return None
+
+
+def _base(s):
+    """The base subscript of a numeral like 204_5 or 4210_{5}, else None."""
+    digits, _, base = s.partition('_')
+    return base.strip('{}') if base and _is_digits(digits) else None
+
+
+def _same_leaf(p, g, percent):
+    if p[1] == g[1]:
+        return True
+    letter = _choice(g[1], False)
+    if letter:
+        return _choice(p[1], True) == letter
+    if (p[1].isalpha() and len(p[1]) >= 3) or (g[1].isalpha() and len(g[1]) >= 3):
+        return p[1].lower() == g[1].lower()  # words: "east", "\text{Evelyn}"
+    if p[2] is None or g[2] is None or p[2][0] != g[2][0]:
+        return False
+    if None not in (_base(p[1]), _base(g[1])) and _base(p[1]) != _base(g[1]):
+        return False  # 4343_6 vs 4343_7 (a base subscript alone may be left out)
+    if p[3] and ('.' in p[1] or 'e' in p[1].lower()) and not g[3] and not all(
+            isinstance(x, Fraction) for x in g[2][1]):
+        return False  # a decimal is an exact rational: 1.41421356237 is not sqrt(2)
+    tol = _rounding(p, g)
+    targets = [g[2][1]]
+    if percent:  # gold 75%: 0.75 is right too
+        targets.append(tuple(x / 100 for x in g[2][1]))
+    return any(all(_close(a, b, tol) for a, b in zip(p[2][1], t)) for t in targets)
+
+
+def _same_equation(p, g):
+    """Equations are equal when (lhs - rhs) of one is a nonzero multiple of the other's."""
+    if p[2] is None or g[2] is None or p[2][0] != g[2][0]:
+        return p[1] == g[1]
+    ratio = None
+    for a, b in zip(p[2][1], g[2][1]):
+        a, b = complex(a), complex(b)
+        if abs(b) < 1e-12 or abs(a) < 1e-12:
+            if abs(a) >= 1e-12 or abs(b) >= 1e-12:
+                return False
+            continue
+        if ratio is None:
+            ratio = a / b
+        elif abs(a / b - ratio) > 1e-8 * abs(ratio):
+            return False
+    return ratio is not None or p[1] == g[1]
+
+
+def _same_items(ps, gs, percent):
+    """One-to-one matching, order free."""
+    if len(ps) != len(gs):
+        return False
+    used = [False] * len(ps)
+    for g in gs:
+        for k, p in enumerate(ps):
+            if not used[k] and _same(p, g, percent):
+                used[k] = True
+                break
+        else:
+            return False
+    return True
+
+
+def _as_vector(node):
+    """A one-row or one-column matrix as the tuple of its cells."""
+    rows = node[1]
+    if len(rows) == 1 or all(len(r) == 1 for r in rows):
+        return ('seq', '()', tuple(c for r in rows for c in r))
+    return node
+
+
+def _same(p, g, percent):
+    if p[0] == 'list' and len(p[1]) == 1:
+        p = p[1][0]
+    if g[0] == 'list' and len(g[1]) == 1:
+        g = g[1][0]
+    if p[0] == 'matrix' and g[0] == 'seq':
+        p = _as_vector(p)
+    if g[0] == 'matrix' and p[0] == 'seq':
+        g = _as_vector(g)
+    if p[0] != g[0]:
+        return False
+    if p[0] == 'leaf':
+        return _same_leaf(p, g, percent)
+    if p[0] == 'eq':
+        return _same_equation(p, g)
+    if p[0] == 'list':
+        return _same_items(p[1], g[1], percent)
+    if p[0] == 'seq':
+        return p[1] == g[1] and len(p[2]) == len(g[2]) and all(
+            _same(a, b, percent) for a, b in zip(p[2], g[2]))
+    return len(p[1]) == len(g[1]) and all(  # matrix
+        len(a) == len(b) and all(_same(x, y, percent) for x, y in zip(a, b))
+        for a, b in zip(p[1], g[1]))
+
+
+def _has_percent(s):
+    return '%' in s or 'percent' in s.lower()
+
+
+def is_equivalent(pred, gold):
+    """Are pred and gold the same mathematical answer? (rules at the top of the file)"""
+    try:
+        p, g = _as_text(pred), _as_text(gold)
+        if p is None or g is None:
+            return False
+        p, g = _sanitize(p).strip(), _sanitize(g).strip()
+        if not p or not g:
+            return False
+        if p == g:
+            return True
+        if len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
+            return False
+        pc, gc = _canonical(p), _canonical(g)
+        if not pc or not gc:
+            return False
+        if pc == gc:
+            return True
+        percent = _has_percent(g) and not _has_percent(p)
+        return _same(_analyse(pc), _analyse(gc), percent)
+    except Exception:  # a reward function must not crash a training run
+        return False
+
+
+def score(response, gold, last_number=False):
+    """1.0 if the response's final answer matches gold, else 0.0. Never raises."""
+    try:
+        answer = extract_answer(response, last_number)
+        return 1.0 if answer is not None and is_equivalent(answer, gold) else 0.0
+    except Exception:
+        return 0.0
+
+
+# ----------------------------------------------------------------------- gold answers
+def last_boxed(text):
+    """The content of the last \\boxed{} / \\fbox{} in text (a solution), or None."""
+    text = _as_text(text)
+    if text is None:
+        return None
+    end = len(text)
+    while True:
+        i = max(text.rfind('\\boxed', 0, end), text.rfind('\\fbox', 0, end))
+        if i < 0:
+            return None
+        content, _ = _box_at(text, i)
+        if content is not None:
+            return content.strip()
+        end = i
+
+
+def gsm8k_gold(answer_field):
+    """GSM8K: the number after '####' (thousands commas removed)."""
+    text = _as_text(answer_field) or ''
+    if '####' not in text:
+        raise ValueError('GSM8K answer field has no "####" line: %r' % text[-80:])
+    return text.rsplit('####', 1)[1].strip().replace(',', '')
+
+
+def math_gold(record):
+    """MATH / AIME / AMC / Minerva: the 'answer' field (27.0 -> '27'), else the last
+    \\boxed{} of 'solution'."""
+    answer = _as_text(record.get('answer'))
+    if answer is not None and answer.strip():
+        return answer.strip()
+    solution = record.get('solution')
+    if isinstance(solution, list):
+        solution = '\n'.join(x for x in solution if isinstance(x, str))
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise ValueError('record has no answer field and no \\boxed{} in its solution')
+    return boxed
+
+
+def olympiad_gold(record):
+    """OlympiadBench: final_answer (a list of strings, often '$...$'), joined by ', '."""
+    answers = record.get('final_answer')
+    if isinstance(answers, str):
+        answers = [answers]
+    if not answers:
+        raise ValueError('OlympiadBench record has no final_answer')
+    return ', '.join(a.strip().replace('$', '').strip() for a in answers)
+
+
+def gold_answer(record):
+    """The gold answer of a record of any of the formats in ../shared/datasets/."""
+    if 'final_answer' in record:
+        return olympiad_gold(record)
+    answer = record.get('answer')
+    if isinstance(answer, str) and '####' in answer:
+        return gsm8k_gold(answer)
+    return math_gold(record)
