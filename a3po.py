@@ -1221,7 +1221,8 @@ def field_help() -> dict[str, str]:
         elif s.startswith("#"):
             block.append(s.lstrip("# "))
         elif field:
-            text = field.group(2) or " ".join(block).split(". ")[0]
+            block_text = " ".join(block)  # no trailing comment: the first sentence of the block above
+            text = field.group(2) or re.match(r"(.*?[a-z0-9)]{2}\.)(\s|$)|(.*)", block_text).group(0).strip()
             helps[field.group(1)] = f"[{section}] {text}"
             block = []
     return helps

@@ -1,0 +1,348 @@
+"""Tasks for RL with verifiable rewards: problems with a gold answer, and how to prompt for them.
+
+Three sources of problems, all returning the same `Problem(prompt, answer)`:
+  - GSM8K JSONL   {"question": ..., "answer": "... #### 72"}
+  - MATH JSONL    {"problem": ..., "answer": ...} or {"problem": ..., "solution": "... \\boxed{..}"}
+  - generic JSONL with the prompt / answer keys you name.
+and a synthetic arithmetic task of our own (`synthetic_problems`), which the default run and
+the shipped model (data/default_model/) use: unbounded, deterministic, exact integer answers,
+with a train/test split that never overlaps.
+
+The gold answer is kept as text; the verifier (verifier.py) decides equivalence.
+"""
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+
+# ----------------------------------------------------------------------------- problems
+
+
+@dataclass
+class Problem:
+    prompt: str  # the question as a person would write it (no instruction, no chat markup)
+    answer: str  # gold final answer, as text ("72", "\\frac{1}{2}")
+    solution: str | None = None  # a worked solution when the source has one (synthetic task)
+
+
+# ----------------------------------------------------------------------------- JSONL loaders
+
+
+def read_jsonl(path):
+    """Yields (line_number, record) for each non-blank line; bad JSON -> ValueError 'path:line: why'."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
+def answer_text(value):
+    """A gold answer field as text. JSON numbers become their shortest form (27.0 -> "27");
+    a list (OlympiadBench's final_answer) becomes its items joined by ", "."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not an answer")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, list) and value:
+        return ", ".join(answer_text(v) for v in value)
+    raise TypeError(f"cannot use {value!r} as an answer")
+
+
+def detect_format(record):
+    """Which loader a record belongs to, from its keys."""
+    if "question" in record and isinstance(record.get("answer"), str) and "####" in record["answer"]:
+        return "gsm8k"
+    if "problem" in record and ("answer" in record or "solution" in record):
+        return "math"
+    if "question" in record and "final_answer" in record:
+        return "olympiad"
+    return None
+
+
+def gsm8k_problem(record):
+    """GSM8K: the gold is what follows '####' at the end of the rationale."""
+    import verifier  # the verifier owns answer extraction, so loaders and rewards agree
+
+    answer = record.get("answer")
+    if not isinstance(answer, str) or "####" not in answer:
+        raise ValueError("GSM8K 'answer' must be a string ending in '#### <final answer>'")
+    return Problem(prompt=_text(record, "question"), answer=verifier.gsm8k_gold(answer))
+
+
+def math_problem(record):
+    """MATH / AIME / AMC / Minerva: the 'answer' field when present, else the last \\boxed{}
+    of 'solution'."""
+    import verifier
+
+    if "answer" not in record and "solution" not in record:
+        raise ValueError(f"MATH record needs 'answer' or 'solution' (keys: {sorted(record)})")
+    gold = verifier.math_gold(record)  # ValueError when neither gives an answer
+    return Problem(prompt=_text(record, "problem"), answer=gold)
+
+
+def olympiad_problem(record):
+    """OlympiadBench: 'question' and the list 'final_answer'."""
+    import verifier
+
+    return Problem(prompt=_text(record, "question"), answer=verifier.olympiad_gold(record))
+
+
+def generic_problem(record, prompt_key, answer_key):
+    if answer_key not in record:
+        raise ValueError(f"missing key {answer_key!r} (keys: {sorted(record)})")
+    return Problem(prompt=_text(record, prompt_key), answer=answer_text(record[answer_key]))
+
+
+def _text(record, key):
+    if key not in record:
+        raise ValueError(f"missing key {key!r} (keys: {sorted(record)})")
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return value
+
+
+LOADERS = {"gsm8k": gsm8k_problem, "math": math_problem, "olympiad": olympiad_problem}
+
+
+def load_problems(path, fmt="auto", prompt_key=None, answer_key=None):
+    """Reads a JSONL file of problems.
+
+    fmt: "gsm8k" | "math" | "olympiad" | "generic" | "auto" (generic when keys are given, else
+    guessed from the first record's keys). Any bad line raises ValueError("path:line: why").
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if fmt not in ("auto", "generic", *LOADERS):
+        raise ValueError(f"unknown format {fmt!r}: use auto, generic, {', '.join(LOADERS)}")
+    if prompt_key or answer_key:
+        if fmt not in ("auto", "generic"):
+            raise ValueError(f"prompt_key/answer_key apply to the generic format, not {fmt!r}")
+        if not (prompt_key and answer_key):
+            raise ValueError("the generic format needs both prompt_key and answer_key")
+        fmt = "generic"
+    problems = []
+    for lineno, record in read_jsonl(path):
+        if fmt == "auto":
+            fmt = detect_format(record)
+            if fmt is None:
+                raise ValueError(
+                    f"{path}:{lineno}: cannot tell the format from keys {sorted(record)}; "
+                    "pass fmt= or prompt_key= and answer_key="
+                )
+        try:
+            if fmt == "generic":
+                problems.append(generic_problem(record, prompt_key, answer_key))
+            else:
+                problems.append(LOADERS[fmt](record))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
+    if not problems:
+        raise ValueError(f"{path}: no problems (the file is empty)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- prompts
+
+# The user message. "boxed" is the instruction most RLVR math work uses (SimpleRL-Zoo, DAPO,
+# Dr. GRPO evaluations); the verifier reads the last \boxed{} of the response.
+TEMPLATES = {
+    "boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.",
+    "plain": "{question}",
+}
+
+
+def format_question(question, template="boxed"):
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose from {sorted(TEMPLATES)}")
+    return TEMPLATES[template].format(question=question)
+
+
+def build_prompt(problem_text, tokenizer, template="boxed"):
+    """Token ids of the prompt the policy answers.
+
+    A chat model gets the question as one user turn, through its own chat format. A model
+    without a chat style (a base model, or the shipped tiny model) gets raw text:
+    [BOS] + question + instruction + newline, and continues with its answer.
+    """
+    text = format_question(problem_text, template)
+    if tokenizer.chat_style:
+        return tokenizer.apply_chat([{"role": "user", "content": text}], add_generation_prompt=True)
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    return bos + tokenizer.encode(text + "\n")
+
+
+# ----------------------------------------------------------------------------- synthetic task
+#
+# A problem is a chain: a start value, then terms added or subtracted in order; a term is a
+# number (+b) or a product (+b*c). The same chain is written either as an expression
+# ("What is 7+5*3-4?") or as a short word problem. Its worked solution does one operation per
+# line, products first, and ends with \boxed{answer}:
+#     5*3=15
+#     7+15=22
+#     22-4=18
+#     \boxed{18}
+
+# level -> how many terms after the start value, how many of them may be products, and the
+# largest plain operand. Products are one-digit times one-digit (2..9).
+LEVELS = {
+    1: dict(terms=1, products=0, max_operand=20),
+    2: dict(terms=2, products=0, max_operand=20),
+    3: dict(terms=2, products=1, max_operand=20),
+    4: dict(terms=3, products=2, max_operand=20),
+    5: dict(terms=4, products=2, max_operand=50),
+}
+DEFAULT_LEVEL = 3
+TEST_FRACTION = 0.1  # share of all possible chains that belong to the test split
+
+NAMES = [("Ann", "She"), ("Tom", "He"), ("Mia", "She"), ("Sam", "He"), ("Eva", "She"), ("Max", "He")]
+ITEMS = ["apples", "pens", "books", "cards", "eggs", "coins", "shells", "stamps"]
+
+
+@dataclass(frozen=True)
+class Chain:
+    start: int
+    terms: tuple  # of (sign, b, c): sign is +1 or -1; c is None for a plain number b, else b*c
+
+
+def term_value(term):
+    sign, b, c = term
+    return sign * (b if c is None else b * c)
+
+
+def chain_value(chain):
+    return chain.start + sum(term_value(t) for t in chain.terms)
+
+
+def chain_key(chain):
+    """Canonical text of the arithmetic, e.g. '7+5*3-4'. Both wordings of a chain share it."""
+    out = str(chain.start)
+    for sign, b, c in chain.terms:
+        out += ("+" if sign > 0 else "-") + (str(b) if c is None else f"{b}*{c}")
+    return out
+
+
+def chain_split(chain):
+    """'test' or 'train', fixed by a hash of the arithmetic alone, so it does not depend on the
+    seed or the wording: no test chain is ever seen in training, whatever the seeds."""
+    digest = hashlib.sha256(chain_key(chain).encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return "test" if bucket < TEST_FRACTION else "train"
+
+
+def sample_chain(rng, level):
+    """A random chain of the level whose running total never goes below zero."""
+    spec = LEVELS[level]
+    while True:
+        n_products = rng.randint(0, spec["products"])
+        product_slots = set(rng.sample(range(spec["terms"]), n_products))
+        terms = []
+        for i in range(spec["terms"]):
+            sign = rng.choice((1, -1))
+            if i in product_slots:
+                terms.append((sign, rng.randint(2, 9), rng.randint(2, 9)))
+            else:
+                terms.append((sign, rng.randint(1, spec["max_operand"]), None))
+        chain = Chain(start=rng.randint(1, spec["max_operand"]), terms=tuple(terms))
+        total, ok = chain.start, True
+        for t in chain.terms:
+            total += term_value(t)
+            ok = ok and total >= 0
+        if ok:
+            return chain
+
+
+def expression_text(chain):
+    return f"What is {chain_key(chain)}?"
+
+
+def word_text(chain, rng):
+    name, pronoun = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    sentences = [f"{name} has {chain.start} {item}."]
+    for sign, b, c in chain.terms:
+        if c is None and sign > 0:
+            sentences.append(f"{pronoun} gets {b} more.")
+        elif c is None:
+            sentences.append(f"{pronoun} gives away {b}.")
+        elif sign > 0:
+            sentences.append(f"{pronoun} buys {b} boxes with {c} {item} each.")
+        else:
+            sentences.append(f"{pronoun} gives {b} friends {c} {item} each.")
+    sentences.append(f"How many {item} does {name} have now?")
+    return " ".join(sentences)
+
+
+def worked_solution(chain, slip_rate=0.0, rng=None):
+    """One operation per line, then \\boxed{answer}.
+
+    slip_rate > 0 makes each line's result wrong (off by 1..3) with that probability, and the
+    mistake is carried forward like a person would: used by tools/train_default_model.py to
+    teach a model that is unsure of its arithmetic, which RL can then sharpen.
+    """
+
+    def result(true_value):
+        if slip_rate > 0 and rng.random() < slip_rate:
+            wrong = true_value + rng.choice((-3, -2, -1, 1, 2, 3))
+            return wrong if wrong >= 0 else true_value + 1
+        return true_value
+
+    lines, total = [], chain.start
+    for sign, b, c in chain.terms:
+        value = b
+        if c is not None:
+            value = result(b * c)
+            lines.append(f"{b}*{c}={value}")
+        new_total = result(total + sign * value)
+        lines.append(f"{total}{'+' if sign > 0 else '-'}{value}={new_total}")
+        total = new_total
+    lines.append(f"\\boxed{{{total}}}")
+    return "\n".join(lines)
+
+
+def sample_chains(n, seed, split="train", level=DEFAULT_LEVEL):
+    """n chains of the split, drawn with replacement (the test split is small at low levels)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; levels are {sorted(LEVELS)}")
+    rng = random.Random(f"synthetic/{seed}/{split}/{level}")  # str seeds are stable across runs
+    chains = []
+    while len(chains) < n:
+        chain = sample_chain(rng, level)
+        if chain_split(chain) == split:
+            chains.append(chain)
+    return chains
+
+
+def chain_problem(chain, rng, style="mixed"):
+    """The Problem for a chain, worded as an expression or a word problem."""
+    if style == "mixed":
+        style = rng.choice(("expr", "word"))
+    if style == "expr":
+        text = expression_text(chain)
+    elif style == "word":
+        text = word_text(chain, rng)
+    else:
+        raise ValueError(f"style must be 'expr', 'word' or 'mixed', got {style!r}")
+    return Problem(prompt=text, answer=str(chain_value(chain)), solution=worked_solution(chain))
+
+
+def synthetic_problems(n, seed, split="train", level=DEFAULT_LEVEL, style="mixed"):
+    """n synthetic arithmetic problems: deterministic in (seed, split, level, style), any n,
+    and the train and test splits never share a chain (see chain_split)."""
+    rng = random.Random(f"wording/{seed}/{split}/{level}")
+    return [chain_problem(chain, rng, style) for chain in sample_chains(n, seed, split, level)]

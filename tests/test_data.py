@@ -1,0 +1,204 @@
+"""data/tasks.py: loaders, prompts, the synthetic task; and the shipped model's folder."""
+import json
+import os
+import random
+
+import pytest
+
+from data import tasks
+from data.tasks import Problem, build_prompt, load_problems, synthetic_problems
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASETS = os.path.join(ROOT, "..", "shared", "datasets")
+DEFAULT_MODEL = os.path.join(ROOT, "data", "default_model")
+
+
+def write_jsonl(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def test_gsm8k_loader(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", [
+        {"question": "Q1?", "answer": "2+2=<<2+2=4>>4\n#### 4"},
+        {"question": "Q2?", "answer": "big\n#### 1,080"},
+    ])
+    problems = load_problems(path)
+    assert [p.prompt for p in problems] == ["Q1?", "Q2?"]
+    assert problems[0].answer == "4"
+    assert problems[1].answer.replace(",", "") == "1080"  # the verifier compares numerically
+    assert load_problems(path, fmt="gsm8k") == problems
+
+
+def test_math_loader_answer_field_and_boxed(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        {"problem": "P1", "solution": "so \\boxed{\\frac{1}{2}}", "answer": "\\frac{1}{2}"},
+        {"problem": "P2", "solution": "first \\boxed{1}, finally \\boxed{x^{2}}"},
+        {"problem": "P3", "answer": 27.0},  # AMC stores a JSON number
+    ])
+    problems = load_problems(path)
+    assert [p.answer for p in problems] == ["\\frac{1}{2}", "x^{2}", "27"]
+
+
+def test_generic_loader(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"q": "one?", "a": 1}, {"q": "two?", "a": "2"}])
+    problems = load_problems(path, prompt_key="q", answer_key="a")
+    assert problems == [Problem("one?", "1"), Problem("two?", "2")]
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        load_problems(path)  # unknown keys and no keys given
+
+
+def test_blank_lines_are_skipped(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", ["", {"q": "x", "a": "1"}, "   "])
+    assert len(load_problems(path, prompt_key="q", answer_key="a")) == 1
+
+
+@pytest.mark.parametrize("lines, line_no, why", [
+    ([{"q": "a", "a": "1"}, "{not json"], 2, "not valid JSON"),
+    ([{"q": "a", "a": "1"}, "[1, 2]"], 2, "expected a JSON object"),
+    ([{"q": "a", "a": "1"}, {"q": "b"}], 2, "missing key 'a'"),
+    ([{"q": "a", "a": "1"}, {"a": "1"}], 2, "missing key 'q'"),
+    ([{"q": "", "a": "1"}], 1, "non-empty string"),
+    ([{"q": "a", "a": None}], 1, "answer"),
+])
+def test_malformed_lines_name_file_and_line(tmp_path, lines, line_no, why):
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(ValueError, match=f"bad.jsonl:{line_no}: .*{why}"):
+        load_problems(path, prompt_key="q", answer_key="a")
+
+
+def test_malformed_gsm8k_and_math_lines(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", [
+        {"question": "Q1?", "answer": "#### 4"}, {"question": "Q2?", "answer": "no marker"}])
+    with pytest.raises(ValueError, match="g.jsonl:2: "):
+        load_problems(path)
+    path = write_jsonl(tmp_path / "m.jsonl", [
+        {"problem": "P1", "answer": "1"}, {"problem": "P2", "solution": "no box here"}])
+    with pytest.raises(ValueError, match="m.jsonl:2: "):
+        load_problems(path)
+
+
+def test_bad_arguments(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"q": "a", "a": "1"}])
+    with pytest.raises(ValueError, match="unknown format"):
+        load_problems(path, fmt="csv")
+    with pytest.raises(ValueError, match="both prompt_key and answer_key"):
+        load_problems(path, prompt_key="q")
+    with pytest.raises(FileNotFoundError):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="empty"):
+        load_problems(write_jsonl(tmp_path / "e.jsonl", []))
+
+
+@pytest.mark.parametrize("name, n, first_answer", [
+    ("gsm8k_train.jsonl", 7473, "72"),
+    ("gsm8k_test.jsonl", 1319, "18"),
+    ("math500_test.jsonl", 500, "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("amc23_test.jsonl", 40, "27"),
+])
+def test_real_datasets(name, n, first_answer):
+    path = os.path.join(DATASETS, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not present")
+    problems = load_problems(path)
+    assert len(problems) == n
+    assert problems[0].answer == first_answer
+    assert all(p.prompt.strip() and p.answer for p in problems)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+class FakeTokenizer:
+    """Just enough of model.Tokenizer: characters as ids."""
+
+    def __init__(self, chat_style=None, bos_id=None):
+        self.chat_style, self.bos_id = chat_style, bos_id
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def apply_chat(self, messages, add_generation_prompt=True):
+        return [-1] + self.encode(messages[0]["content"]) + [-2]
+
+
+def test_build_prompt_raw_and_chat():
+    text = tasks.format_question("What is 1+1?")
+    assert text.endswith("Please reason step by step, and put your final answer within \\boxed{}.")
+    raw = build_prompt("What is 1+1?", FakeTokenizer(bos_id=7))
+    assert raw == [7] + [ord(c) for c in text + "\n"]
+    assert build_prompt("hi", FakeTokenizer(), "plain") == [ord("h"), ord("i"), ord("\n")]
+    chat = build_prompt("What is 1+1?", FakeTokenizer(chat_style="chatml"))
+    assert chat == [-1] + [ord(c) for c in text] + [-2]
+    with pytest.raises(ValueError, match="unknown prompt template"):
+        build_prompt("x", FakeTokenizer(), "nope")
+
+
+# ----------------------------------------------------------------------------- synthetic task
+
+
+def evaluate_solution(solution):
+    """Checks each line 'a op b=c' of a worked solution; returns the boxed number."""
+    *steps, last = solution.split("\n")
+    for step in steps:
+        lhs, rhs = step.split("=")
+        assert eval(lhs) == int(rhs), step  # the lines are plain integer arithmetic
+    assert last.startswith("\\boxed{") and last.endswith("}")
+    return last[len("\\boxed{"):-1]
+
+
+@pytest.mark.parametrize("level", sorted(tasks.LEVELS))
+def test_synthetic_answers_are_exact(level):
+    for p in synthetic_problems(200, seed=3, level=level):
+        assert evaluate_solution(p.solution) == p.answer
+        assert int(p.answer) >= 0
+        if p.prompt.startswith("What is "):
+            assert eval(p.prompt[len("What is "):-1]) == int(p.answer)
+
+
+def test_synthetic_is_deterministic_and_seeded():
+    a = synthetic_problems(50, seed=1, level=3)
+    assert a == synthetic_problems(50, seed=1, level=3)
+    assert a != synthetic_problems(50, seed=2, level=3)
+    assert synthetic_problems(80, seed=1, level=3)[:50] == a  # a longer list extends a shorter one
+    assert synthetic_problems(50, seed=1, split="test") != synthetic_problems(50, seed=1, split="train")
+
+
+def test_synthetic_train_and_test_are_disjoint_across_seeds():
+    train = {tasks.chain_key(c) for s in (0, 1) for c in tasks.sample_chains(3000, s, "train", 3)}
+    test = {tasks.chain_key(c) for s in (0, 1) for c in tasks.sample_chains(500, s, "test", 3)}
+    assert train and test and not train & test
+    assert len(test) > 300  # held-out problems are varied, not a handful repeated
+
+
+def test_synthetic_size_is_unbounded_and_styles():
+    assert len(synthetic_problems(5000, seed=0, level=1)) == 5000  # level 1 has few distinct chains
+    assert all(p.prompt.startswith("What is") for p in synthetic_problems(20, 0, style="expr"))
+    assert all("How many" in p.prompt for p in synthetic_problems(20, 0, style="word"))
+    with pytest.raises(ValueError, match="split"):
+        synthetic_problems(1, 0, split="dev")
+    with pytest.raises(ValueError, match="level"):
+        synthetic_problems(1, 0, level=99)
+
+
+def test_slipped_solutions_stay_consistent():
+    rng = random.Random(0)
+    chains = tasks.sample_chains(300, 0, "train", 4)
+    slipped = [tasks.worked_solution(c, slip_rate=0.5, rng=rng) for c in chains]
+    wrong = 0
+    for chain, solution in zip(chains, slipped):
+        *steps, last = solution.split("\n")
+        total = chain.start
+        for step in steps:
+            lhs, rhs = step.split("=")
+            if "*" not in lhs:  # a running-total line starts from the previous total, right or wrong
+                assert lhs.startswith(str(total)) and lhs[len(str(total))] in "+-", (solution, step)
+                total = int(rhs)
+        assert last == f"\\boxed{{{total}}}"
+        wrong += total != tasks.chain_value(chain)
+    assert 100 < wrong < 300
