@@ -1,0 +1,60 @@
+"""Curves of the polarity study (bench/polarity.py): one line per variant, a band for the seeds.
+
+matplotlib is an optional extra (requirements-plot.txt), imported only here: the study itself,
+and the trainer, run without it.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# (split, metric, panel title): held-out numbers first, they are comparable across variants.
+PANELS = [
+    ("eval", "pass@1", "held-out pass@1"),
+    ("eval", "pass@16", "held-out pass@16"),
+    ("eval", "eval_length", "held-out response length (tokens)"),
+    ("train", "accuracy", "training-batch accuracy"),
+    ("train", "entropy", "token entropy (training batch)"),
+    ("train", "length", "response length (training batch)"),
+]
+
+
+def curve(seed_runs: dict, split: str, metric: str):
+    """{seed: run} -> steps, mean, std (std 0 where fewer than 2 seeds have a value)."""
+    by_step = {}
+    for run in seed_runs.values():
+        for m in run[split]:
+            v = m.get(metric)
+            if v is not None and not math.isnan(v):
+                by_step.setdefault(m["step"], []).append(v)
+    steps = sorted(by_step)
+    mean = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+    std = [math.sqrt(sum((v - mu) ** 2 for v in by_step[s]) / (len(by_step[s]) - 1)) if len(by_step[s]) > 1 else 0.0
+           for s, mu in zip(steps, mean)]
+    return steps, mean, std
+
+
+def plot_group(runs: dict, path: str, title: str):
+    """runs: {variant: {seed: {"train": [...], "eval": [...]}}} -> one PNG with the PANELS."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (split, metric, panel_title) in zip(axes.flat, PANELS):
+        for i, (variant, seed_runs) in enumerate(runs.items()):
+            steps, mean, std = curve(seed_runs, split, metric)
+            color = f"C{i}"
+            ax.plot(steps, mean, color=color, label=variant, marker="o" if split == "eval" else None, markersize=3)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15, linewidth=0)
+        ax.set_title(panel_title)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.suptitle(f"{title}: mean over seeds, band = ± one std")
+    fig.tight_layout()
+    # No date or version in the file: the same numbers give the same bytes.
+    fig.savefig(path, dpi=80, metadata={"Software": None})
+    plt.close(fig)
