@@ -15,6 +15,16 @@ SMOLLM2 = "/work/smollm2-hf"
 V = 96  # vocabulary of the tiny models
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These models are tiny: a second thread gains nothing, and on a busy machine every
+    # parallel region waits for a descheduled thread (this file ran 6x slower with 2).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def word_tokenizer():
     """Tiny WordLevel tokenizer 'w0'..'w95' (whitespace split), ids = numbers; w1 is the EOS."""
     tk = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
