@@ -387,6 +387,9 @@ def save(model: Transformer, tokenizer: "Tokenizer", path) -> None:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); the folder is meant to be shared
     try:
         cfg = model.config
         cfg.eos_token_ids, cfg.bos_token_id, cfg.pad_token_id = list(tokenizer.eos_ids), tokenizer.bos_id, tokenizer.pad_id

@@ -202,3 +202,42 @@ def test_slipped_solutions_stay_consistent():
         assert last == f"\\boxed{{{total}}}"
         wrong += total != tasks.chain_value(chain)
     assert 100 < wrong < 300
+
+
+# ----------------------------------------------------------------------------- shipped model
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not os.path.exists(os.path.join(DEFAULT_MODEL, "config.json")):
+        pytest.skip("data/default_model not built (python tools/train_default_model.py)")
+    import model
+
+    return model.load(DEFAULT_MODEL)
+
+
+def test_shipped_model_folder(shipped):
+    net, tok = shipped
+    with open(os.path.join(DEFAULT_MODEL, "config.json")) as f:
+        assert json.load(f)["model_type"] == "llama"
+    size = sum(os.path.getsize(os.path.join(DEFAULT_MODEL, f)) for f in os.listdir(DEFAULT_MODEL))
+    assert size <= 20e6
+    assert tok.chat_style is None and tok.bos_id is not None and tok.eos_ids
+    for p in synthetic_problems(20, 0, "test", level=5):  # the tokenizer spells every level exactly
+        text = tasks.format_question(p.prompt) + "\n" + p.solution
+        assert tok.decode(tok.encode(text)) == text
+        assert len(build_prompt(p.prompt, tok)) + 64 <= net.config.max_position_embeddings
+
+
+def test_shipped_model_solves_held_out_problems_greedily(shipped):
+    """Its most likely answer is usually right (sampling is what makes it unsure): RL has
+    correct answers to find. A fixed 20 problems, greedy, so deterministic."""
+    import model
+    import verifier
+
+    net, tok = shipped
+    problems = synthetic_problems(20, 0, "test")
+    completions, _ = model.generate(net, [build_prompt(p.prompt, tok) for p in problems], 48, 0.0,
+                                    eos_ids=tok.eos_ids)
+    right = sum(verifier.score(tok.decode(c), p.answer) for c, p in zip(completions, problems))
+    assert right >= 14, [tok.decode(c) for c in completions]

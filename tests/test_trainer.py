@@ -336,6 +336,7 @@ def test_bad_input_fails_before_compute(tiny, tmp_path, monkeypatch):
     fails("does not divide the batch", "--minibatch-size", "5")
     fails("exceeds the model.s context of 64", "--max-new-tokens", "64")
     fails("at least 2 responses", "--group-size", "1")
+    fails("--threads -1 must be >= 0", "--threads", "-1")
     fails("--resume .*: no (config.json|checkpoint) there", "--resume", str(tmp_path))
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint" / "trainer_state.json").write_text("{}")
