@@ -40,6 +40,8 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from data.tasks import read_jsonl  # noqa: E402  (the project's JSONL reader: bad lines name file:line)
 A3PO = os.path.join(REPO, "a3po.py")
 
 # ----------------------------------------------------------------------------- what runs
@@ -260,18 +262,11 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
     """metrics.jsonl -> (train lines, eval lines), each sorted by step. Eval lines' `length`
     (held-out sampled length) is renamed eval_length: train lines have their own `length`."""
     train, evals = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if m.get("split") == "eval":
-                evals.append(dict(m, eval_length=m.get("length")))
-            else:
-                train.append(m)
+    for _, m in read_jsonl(path):
+        if m.get("split") == "eval":
+            evals.append(dict(m, eval_length=m.get("length")))
+        else:
+            train.append(m)
     return sorted(train, key=lambda m: m["step"]), sorted(evals, key=lambda m: m["step"])
 
 

@@ -284,29 +284,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-N_DIGITS = 4
-
-
-def make_tiny_model(path):
-    """A random 2-layer model whose answers are one word-level token "\\boxed{d}" (as in
-    test_trainer.py): by chance some samples are right, so groups have mixed rewards."""
-    import tokenizers
-    import torch
-    from tokenizers import models, pre_tokenizers
-
-    import model
-
-    words = ["<pad>", "<eos>", "[UNK]"] + [f"\\boxed{{{d}}}" for d in range(N_DIGITS)] + ["a", "b"] \
-        + [f"q{d}" for d in range(N_DIGITS)]
-    tk = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.add_special_tokens(["<pad>", "<eos>"])
-    tok = model.Tokenizer.from_tokenizers(tk, eos_ids=[1], pad_id=0)
-    torch.manual_seed(0)
-    net = model.Transformer(model.ModelConfig(
-        vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
-    model.save(net, tok, path)
+from test_trainer import N_DIGITS, make_tiny_model  # noqa: E402  (the same tiny model and task)
 
 
 def test_study_end_to_end_on_a_tiny_model(tmp_path, capsys):
