@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
 
-SMOLLM2 = "/work/smollm2-hf"
+# The converted SmolLM2-135M-Instruct folder (README: `python tools/gguf_to_hf.py smollm2-hf`).
+SMOLLM2 = os.environ.get("SMOLLM2_HF", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "smollm2-hf"))
 
 
 def tiny_checkpoint(folder):

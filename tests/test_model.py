@@ -11,7 +11,8 @@ import model as M
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config  # noqa: E402
 
-SMOLLM2 = "/work/smollm2-hf"
+# The converted SmolLM2-135M-Instruct folder (README: `python tools/gguf_to_hf.py smollm2-hf`).
+SMOLLM2 = os.environ.get("SMOLLM2_HF", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "smollm2-hf"))
 V = 96  # vocabulary of the tiny models
 
 
