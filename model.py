@@ -627,14 +627,29 @@ def _inverse_cdf(e, top_p, top_k, generator):
 def _decode_linear(w, b, batch):
     """-> f(x [batch, in]) = x W^T + b, with W laid out for the decode steps of generate().
 
-    On the CPU, F.linear's MKL path is slow for small batches (one row of a 49k x 576 output
-    layer reads memory at ~6 GB/s). One row: keep W^T contiguous and multiply x @ W^T (2x
-    faster). Several rows: oneDNN's prepacked weight layout, the one torch.compile's CPU backend
-    uses (1.4-2.5x faster). Both are copies made once per generate() call.
+    One row on the CPU: a matrix-vector product only streams W from memory, and MKL's gemv
+    pulls ~17-20 GB/s here where a plain reduction over the same bytes reaches 50+. x W^T is
+    a weighted sum of the rows of W^T, which is exactly what embedding_bag(mode="sum",
+    per_sample_weights=x) computes, and its kernel streams rows at memory speed. It runs one
+    bag per thread, so W^T's output columns are split into one block per thread (2x faster
+    than gemv on the tiny bench model, 1.3x on SmolLM2). Several rows: oneDNN's prepacked
+    weight layout, the one torch.compile's CPU backend uses (1.4-2.5x faster than F.linear).
+    Both are copies made once per generate() call.
     """
-    if w.device.type == "cpu" and batch == 1:
-        wt = w.t().contiguous()  # [in, out]
-        return (lambda x: torch.mm(x, wt)) if b is None else (lambda x: torch.addmm(b, x, wt))
+    if w.device.type == "cpu" and batch == 1 and w.dtype == torch.float32:
+        n, (out, inp) = max(1, torch.get_num_threads()), w.shape
+        cols = -(-out // n)  # output columns per bag (the last bag is zero-padded)
+        blocks = torch.zeros(n, inp, cols, dtype=w.dtype)  # bag j: columns j*cols.. of W^T
+        for j, block in enumerate(w.detach().split(cols)):
+            blocks[j, :, :block.shape[0]] = block.t()
+        blocks = blocks.view(n * inp, cols)
+        index, offsets = torch.arange(n * inp), torch.arange(n) * inp  # bag j sums rows j*inp..(j+1)*inp-1
+
+        def matvec(x):  # x [1, in] -> [1, out]
+            y = F.embedding_bag(index, blocks, offsets, mode="sum", per_sample_weights=torch.cat([x[0]] * n))
+            y = y.view(1, n * cols)[:, :out]
+            return y if b is None else y + b
+        return matvec
     if w.device.type == "cpu":
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(w, batch)
@@ -663,6 +678,20 @@ def _decode_weights(model, batch):
     return layers, _decode_linear(model.output_weight.detach(), None, batch)
 
 
+def _decode_attention(q, k, v, mask):
+    """q [B, Hkv, G, hd], k/v [B, Hkv, s, hd], mask None or bool [B, 1, 1, s] -> [B, Hkv, G, hd].
+
+    SDPA's CPU kernel is tuned for long queries: for one new token per row it costs 2-3x two
+    batched matmuls and a softmax from batch 8 up (bench/generate.py), so those take over there.
+    """
+    if q.device.type != "cpu" or q.shape[0] < 8:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # [B, Hkv, G, s]
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1), v)
+
+
 def _decode_step(model, weights, tok, cos, sin, caches, s, mask):
     """One new token per row: tok [B] at cache slot s -> logits [B, V].
 
@@ -675,16 +704,16 @@ def _decode_step(model, weights, tok, cos, sin, caches, s, mask):
     B = tok.shape[0]
     x = model.model.embed_tokens(tok)  # [B, d]
     for block, (qkv, o, gate_up, down), (k_cache, v_cache) in zip(model.model.layers, layers, caches):
-        q, k, v = qkv(block.input_layernorm(x)).split([H * hd, Hkv * hd, Hkv * hd], -1)
-        q, k = q.view(B, H, hd), k.view(B, Hkv, hd)
+        qk, v = qkv(block.input_layernorm(x)).view(B, H + 2 * Hkv, hd).split([H + Hkv, Hkv], 1)
         if block.self_attn.q_norm is not None:
-            q, k = block.self_attn.q_norm(q), block.self_attn.k_norm(k)
-        k_cache[:, :, s] = apply_rope(k, cos, sin)
-        v_cache[:, :, s] = v.view(B, Hkv, hd)
+            qk = torch.cat([block.self_attn.q_norm(qk[:, :H]), block.self_attn.k_norm(qk[:, H:])], 1)
+        qk = apply_rope(qk, cos, sin)  # q and k heads sit side by side: one rotation for both
+        k_cache[:, :, s] = qk[:, H:]
+        v_cache[:, :, s] = v
         # Fold the G = H/Hkv query heads that share a kv head into the query-"time" axis:
         # attention then reads each cached kv head once, with no repeat and no GQA path.
-        q = apply_rope(q, cos, sin).view(B, Hkv, H // Hkv, hd)
-        y = F.scaled_dot_product_attention(q, k_cache[:, :, :s + 1], v_cache[:, :, :s + 1], attn_mask=mask)
+        q = qk[:, :H].reshape(B, Hkv, H // Hkv, hd)
+        y = _decode_attention(q, k_cache[:, :, :s + 1], v_cache[:, :, :s + 1], mask)
         x = x + o(y.view(B, H * hd))
         g, u = gate_up(block.post_attention_layernorm(x)).chunk(2, -1)
         x = x + down(F.silu(g) * u)
@@ -748,22 +777,32 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
         logits, cos, sin = logits[inv], cos[inv], sin[inv]
     cos, sin = cos[:, :, 0], sin[:, :, 0]  # [B, S, hd]
     weights = _decode_weights(model, B)
-    out_tok = torch.empty(B, N, dtype=torch.long, device=device)
-    out_logp = torch.empty(B, N, dtype=torch.float32, device=device)
+    out_tok = torch.zeros(B, N, dtype=torch.long, device=device)
+    out_logp = torch.zeros(B, N, dtype=torch.float32, device=device)
     eos_t = torch.tensor(eos or [-1], device=device)
+    rows = torch.arange(B, device=device)  # the output row of each row still being decoded
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n_done = N
     for t in range(N):
         tok, logp = _sample(logits, temperature, top_p, top_k, generator)
-        out_tok[:, t] = tok
-        out_logp[:, t] = logp
+        out_tok[rows, t] = tok
+        out_logp[rows, t] = logp
         if eos:
             done |= torch.isin(tok, eos_t)
-            # Rows that stopped keep running (batch shapes stay fixed) but their outputs are cut
-            # below; a CPU check every few steps ends the loop when every row is done.
-            if t % 4 == 3 and bool(done.all()):
-                n_done = t + 1
-                break
+            # A CPU check every few steps (each one waits for the device): stop when every row
+            # is done, and drop the finished rows once they are a quarter of the batch, so
+            # rollouts of very different lengths stop paying for their short members. Rows that
+            # stopped in between run on, but what they produce after their EOS is cut below.
+            if t % 4 == 3:
+                live = (~done).nonzero()[:, 0]
+                if len(live) == 0:
+                    n_done = t + 1
+                    break
+                if len(live) <= len(rows) * 3 // 4:
+                    rows, tok, done = rows[live], tok[live], done[live]
+                    caches = [(k[live], v[live]) for k, v in caches]
+                    cos, sin = cos[live], sin[live]
+                    decode_mask = None if decode_mask is None else decode_mask[live]
         if t == N - 1:
             break
         s = P + t  # slot of the token just sampled

@@ -125,13 +125,57 @@ def full_logprobs(model, prompt, completion, temperature=1.0):
 
 
 PROMPTS = [[5, 6, 7], [9], [10, 11, 12, 13, 14, 15, 16, 17], [20, 21, 22, 23, 24], [5, 6, 7]]  # ragged, a repeat
+# generate() takes different CPU paths by batch size: one row (embedding_bag matrix-vector
+# products, one bag per thread), 2-7 rows (oneDNN linears, SDPA), 8+ rows (matmul attention).
+BATCHES = {"one_row": [PROMPTS[2]], "five_rows": PROMPTS,
+           "ten_rows": PROMPTS + [[30 + i] * (1 + i) for i in range(5)]}
 
 
-def test_kv_cache_greedy_equals_recompute_ragged(pair):
+@pytest.mark.parametrize("batch", list(BATCHES))
+def test_kv_cache_greedy_equals_recompute_ragged(pair, batch):
     _, ours, _ = pair
-    out, lps = M.generate(ours, PROMPTS, 12, temperature=0, eos_ids=[])
-    for p, o, lp in zip(PROMPTS, out, lps):
+    prompts = BATCHES[batch]
+    torch.set_num_threads(2)  # the one-row path splits each matrix into one block per thread
+    try:
+        out, lps = M.generate(ours, prompts, 12, temperature=0, eos_ids=[])
+    finally:
+        torch.set_num_threads(1)
+    for p, o, lp in zip(prompts, out, lps):
         assert o == greedy_by_recompute(ours, p, 12)
+        assert max(abs(a - b) for a, b in zip(lp, full_logprobs(ours, p, o))) < 1e-4
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_decode_linear_matches_float64(threads, batch):
+    # odd output width (not a multiple of the thread count) and a bias: Qwen2's q/k/v
+    torch.manual_seed(threads)
+    w, b, x = torch.randn(37, 24), torch.randn(37), torch.randn(batch, 24)
+    torch.set_num_threads(threads)
+    try:
+        y = M._decode_linear(w, b, batch)(x)
+    finally:
+        torch.set_num_threads(1)
+    ref = x.double() @ w.double().t() + b.double()
+    assert y.shape == (batch, 37) and (y.double() - ref).abs().max() < 1e-5
+
+
+def test_finished_rows_are_dropped_and_results_unchanged(pair, monkeypatch):
+    # Ten ragged rows that stop at different steps: generate() drops finished rows from the
+    # batch as it goes; every row must still equal its own no-EOS greedy run, cut at its EOS.
+    _, ours, _ = pair
+    prompts = BATCHES["ten_rows"]
+    full, _ = M.generate(ours, prompts, 24, temperature=0, eos_ids=[])
+    stops = sorted({f[i] for f, i in zip(full, [1, 2, 3, 5, 8, 13, 21, 0, 4, 6])} - {full[-1][k] for k in range(24)})
+    batch_sizes = []
+    decode_step = M._decode_step
+    monkeypatch.setattr(M, "_decode_step", lambda model, w, tok, *a: batch_sizes.append(len(tok)) or decode_step(model, w, tok, *a))
+    out, lps = M.generate(ours, prompts, 24, temperature=0, eos_ids=stops)
+    assert batch_sizes[0] == 10 and batch_sizes[-1] < batch_sizes[0]  # rows were dropped
+    assert batch_sizes == sorted(batch_sizes, reverse=True)
+    for p, f, o, lp in zip(prompts, full, out, lps):
+        cut = next((i + 1 for i, t in enumerate(f) if t in stops), len(f))
+        assert o == f[:cut] and len(lp) == len(o)
         assert max(abs(a - b) for a, b in zip(lp, full_logprobs(ours, p, o))) < 1e-4
 
 
