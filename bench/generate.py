@@ -3,7 +3,9 @@
 Plain sampling (temperature 1, no top-k/top-p), exactly --new-tokens new tokens per row (no EOS
 stop on either side), the same prompt repeated over the batch (as GRPO samples a group per
 prompt; model.generate prefills identical prompts once) or, with --distinct, a different prompt
-per row. For every (model, batch size) the two implementations run interleaved, --repeats
+per row. With --eos both stop each row at the checkpoint's EOS, as RL rollouts do, and tokens/s
+counts the tokens up to each row's EOS (model.generate drops finished rows from its batch;
+transformers pads them to the end). For every (model, batch size) the two implementations run interleaved, --repeats
 times each, and the median is reported, so load on a shared machine hits both alike.
 
     .venv/bin/python bench/generate.py                       # tiny random Llama + SmolLM2 if converted
@@ -46,41 +48,48 @@ def batch_prompts(prompt, batch, distinct):
     return [([b + 10] + prompt[1:]) if distinct else prompt for b in range(batch)]
 
 
-def time_ours(model, prompts, new_tokens, seed):
+def time_ours(model, prompts, new_tokens, seed, eos):
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    out, _ = M.generate(model, prompts, new_tokens, temperature=1.0, eos_ids=[], generator=g)
+    out, _ = M.generate(model, prompts, new_tokens, temperature=1.0, eos_ids=eos, generator=g)
     dt = time.perf_counter() - t0
-    assert all(len(o) == new_tokens for o in out)
-    return len(prompts) * new_tokens / dt
+    assert all(len(o) == new_tokens for o in out) or eos
+    return sum(map(len, out)) / dt
 
 
-def time_hf(hf, prompts, new_tokens, seed):
+def time_hf(hf, prompts, new_tokens, seed, eos):
     torch.manual_seed(seed)
     ids = torch.tensor(prompts)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                          top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+                          top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=0 if eos else new_tokens,
+                          eos_token_id=eos or None, pad_token_id=0)
     dt = time.perf_counter() - t0
-    assert out.shape == (len(prompts), ids.shape[1] + new_tokens)
-    return len(prompts) * new_tokens / dt
+    new = out[:, ids.shape[1]:]
+    if not eos:
+        assert new.shape == (len(prompts), new_tokens)
+        return new.numel() / dt
+    is_eos = torch.isin(new, torch.tensor(eos))  # count each row up to and including its first EOS
+    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, new.shape[1])
+    return lengths.sum().item() / dt
 
 
 def bench(name, path, prompt_text, args):
     from transformers import AutoModelForCausalLM
     ours, tok = M.load(path)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    hf.generation_config.eos_token_id = None  # exactly new_tokens on both sides
+    hf.generation_config.eos_token_id = None  # exactly new_tokens on both sides, unless --eos
+    eos = tok.eos_ids if args.eos else []
     prompt = tok.apply_chat([{"role": "user", "content": prompt_text}]) if tok.chat_style else tok.encode(prompt_text)
-    time_ours(ours, [prompt] * 2, 8, 0), time_hf(hf, [prompt] * 2, 8, 0)  # warm-up
+    time_ours(ours, [prompt] * 2, 8, 0, eos), time_hf(hf, [prompt] * 2, 8, 0, eos)  # warm-up
     rows = []
     for batch in args.batch_sizes:
         a, b = [], []
         prompts = batch_prompts(prompt, batch, args.distinct)
         for r in range(args.repeats):
-            a.append(time_ours(ours, prompts, args.new_tokens, r))
-            b.append(time_hf(hf, prompts, args.new_tokens, r))
+            a.append(time_ours(ours, prompts, args.new_tokens, r, eos))
+            b.append(time_hf(hf, prompts, args.new_tokens, r, eos))
         ma, mb = statistics.median(a), statistics.median(b)
         rows.append((name, batch, ma, mb))
         print(f"{name:8s} batch {batch:3d}  ours {ma:8.0f} tok/s  transformers {mb:8.0f} tok/s  "
@@ -97,11 +106,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distinct", action="store_true", help="a different prompt in every row (no shared prefill)")
+    ap.add_argument("--eos", action="store_true", help="stop each row at the checkpoint's EOS (an RL rollout)")
     ap.add_argument("--smollm2", default=SMOLLM2, help="converted SmolLM2-135M-Instruct folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.new_tokens} new tokens, "
-          f"median of {args.repeats}, {'distinct prompts' if args.distinct else 'one prompt repeated'}", flush=True)
+          f"median of {args.repeats}, {'distinct prompts' if args.distinct else 'one prompt repeated'}"
+          f"{', stop at EOS' if args.eos else ''}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if "tiny" in args.models:
