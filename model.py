@@ -586,8 +586,9 @@ class Tokenizer:
 
 # ----------------------------------------------------------------------------- sampling
 
-def _sample(logits, temperature, top_p, top_k, generator):
-    """logits [B, V] -> (token [B], log-prob [B] under log_softmax(logits / temperature)).
+def _sample(logits, temperature, top_p, top_k, u):
+    """logits [B, V], u [B, 1] uniform in [0, 1) float64 -> (token [B], log-prob [B] under
+    log_softmax(logits / temperature)).
 
     Inverse-CDF sampling: one uniform number per row and a cumulative sum, instead of
     torch.multinomial or Gumbel noise (both draw or scan far more random numbers: on a CPU at
@@ -601,13 +602,14 @@ def _sample(logits, temperature, top_p, top_k, generator):
         z = z / temperature
     m = z.amax(-1, keepdim=True)  # [B, 1]
     e = torch.exp(z - m)  # [B, V] unnormalised probabilities
-    tok = _inverse_cdf(e, top_p, top_k, generator)  # [B, 1]
+    tok = _inverse_cdf(e, top_p, top_k, u)  # [B, 1]
     logp = z.gather(-1, tok) - m - e.sum(-1, keepdim=True).log()  # full distribution, not the truncated one
     return tok[:, 0], logp[:, 0]
 
 
-def _inverse_cdf(e, top_p, top_k, generator):
-    """e [B, V] >= 0 unnormalised probabilities -> sampled index [B, 1] (after top-k / top-p)."""
+def _inverse_cdf(e, top_p, top_k, u):
+    """e [B, V] >= 0 unnormalised probabilities, u [B, 1] uniform -> sampled index [B, 1]
+    (after top-k / top-p)."""
     if top_k > 0 and top_k < e.shape[-1]:
         kth = torch.topk(e, top_k, -1).values[:, -1:]
         e = e.masked_fill(e < kth, 0.0)
@@ -619,9 +621,8 @@ def _inverse_cdf(e, top_p, top_k, generator):
     # float64 running sum: in float32 the increments of tail tokens (p < 1e-8) round away and
     # the tail would be sampled with the wrong probabilities.
     c = e.double().cumsum_(-1)  # [B, V]
-    u = torch.rand(e.shape[0], 1, generator=generator, device=e.device, dtype=torch.float64) * c[:, -1:]
-    # first index with c > u: its probability c[i] - c[i-1] is > 0, so a masked token never wins
-    return torch.searchsorted(c, u, right=True).clamp_(max=e.shape[-1] - 1)
+    # first index with c > u * total: its probability c[i] - c[i-1] is > 0, so a masked token never wins
+    return torch.searchsorted(c, u * c[:, -1:], right=True).clamp_(max=e.shape[-1] - 1)
 
 
 def _decode_linear(w, b, batch):
@@ -785,7 +786,10 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n_done = N
     for t in range(N):
-        tok, logp = _sample(logits, temperature, top_p, top_k, generator)
+        # One uniform number per original row, every step, even for rows dropped below: each
+        # row's samples depend only on the seed, never on when other rows finished.
+        u = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device, dtype=torch.float64)
+        tok, logp = _sample(logits, temperature, top_p, top_k, None if u is None else u[rows])
         out_tok[rows, t] = tok
         out_logp[rows, t] = logp
         if eos:

@@ -10,6 +10,7 @@ times each, and the median is reported, so load on a shared machine hits both al
 
     .venv/bin/python bench/generate.py                       # tiny random Llama + SmolLM2 if converted
     .venv/bin/python bench/generate.py --models tiny --batch-sizes 1 8 --repeats 3
+    .venv/bin/python bench/generate.py --models tiny --breakdown  # where a decode step's time goes
 """
 import argparse
 import os
@@ -95,7 +96,34 @@ def bench(name, path, prompt_text, args):
         print(f"{name:8s} batch {batch:3d}  ours {ma:8.0f} tok/s  transformers {mb:8.0f} tok/s  "
               f"ratio {ma / mb:5.2f}x   (prompt {len(prompt)} tokens, runs ours {[round(x) for x in a]} "
               f"hf {[round(x) for x in b]})", flush=True)
+    if args.breakdown:
+        breakdown(name, ours, prompt, rows, args)
     return rows
+
+
+def breakdown(name, ours, prompt, rows, args):
+    """Where a decode step of model.generate goes: ms per step as it is, with every matrix
+    product replaced by zeros of its output shape, and with attention replaced by a copy of q.
+    The differences are the matmuls' and attention's shares; the rest is elementwise ops,
+    sampling and per-op overhead. Last column: the step time that 3x transformers would allow."""
+    def step_ms():
+        return statistics.median(1e3 * batch / time_ours(ours, prompts, args.new_tokens, r, [])
+                                 for r in range(args.repeats))
+    print(f"\n| {name} batch | ms/step | matmuls | attention | the rest | 3x transformers allows |\n|---|---|---|---|---|---|")
+    linear, attention = M._decode_linear, M._decode_attention
+    for _, batch, _, hf_tok_s in rows:
+        prompts = batch_prompts(prompt, batch, args.distinct)
+        full = step_ms()
+        try:
+            M._decode_linear = lambda w, b, n: (lambda x, out=w.shape[0]: x.new_zeros(x.shape[0], out))
+            no_matmul = step_ms()
+            M._decode_linear, M._decode_attention = linear, (lambda q, k, v, mask: q.clone())
+            no_attention = step_ms()
+        finally:
+            M._decode_linear, M._decode_attention = linear, attention
+        mm, att = full - no_matmul, full - no_attention
+        print(f"| {batch} | {full:.2f} | {mm:.2f} | {att:.2f} | {full - mm - att:.2f} | {1e3 * batch / (3 * hf_tok_s):.2f} |",
+              flush=True)
 
 
 def main():
@@ -107,6 +135,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distinct", action="store_true", help="a different prompt in every row (no shared prefill)")
     ap.add_argument("--eos", action="store_true", help="stop each row at the checkpoint's EOS (an RL rollout)")
+    ap.add_argument("--breakdown", action="store_true", help="also time model.generate without its matmuls / attention")
     ap.add_argument("--smollm2", default=SMOLLM2, help="converted SmolLM2-135M-Instruct folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

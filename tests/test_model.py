@@ -160,23 +160,27 @@ def test_decode_linear_matches_float64(threads, batch):
     assert y.shape == (batch, 37) and (y.double() - ref).abs().max() < 1e-5
 
 
-def test_finished_rows_are_dropped_and_results_unchanged(pair, monkeypatch):
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_finished_rows_are_dropped_and_results_unchanged(pair, monkeypatch, temperature):
     # Ten ragged rows that stop at different steps: generate() drops finished rows from the
-    # batch as it goes; every row must still equal its own no-EOS greedy run, cut at its EOS.
+    # batch as it goes; every row must still equal its own no-EOS run with the same seed (its
+    # random numbers do not depend on when the others stopped), cut at its EOS.
     _, ours, _ = pair
     prompts = BATCHES["ten_rows"]
-    full, _ = M.generate(ours, prompts, 24, temperature=0, eos_ids=[])
+    run = lambda eos: M.generate(ours, prompts, 24, temperature=temperature, eos_ids=eos,
+                                 generator=torch.Generator().manual_seed(5))
+    full, _ = run([])
     stops = sorted({f[i] for f, i in zip(full, [1, 2, 3, 5, 8, 13, 21, 0, 4, 6])} - {full[-1][k] for k in range(24)})
     batch_sizes = []
     decode_step = M._decode_step
     monkeypatch.setattr(M, "_decode_step", lambda model, w, tok, *a: batch_sizes.append(len(tok)) or decode_step(model, w, tok, *a))
-    out, lps = M.generate(ours, prompts, 24, temperature=0, eos_ids=stops)
+    out, lps = run(stops)
     assert batch_sizes[0] == 10 and batch_sizes[-1] < batch_sizes[0]  # rows were dropped
     assert batch_sizes == sorted(batch_sizes, reverse=True)
     for p, f, o, lp in zip(prompts, full, out, lps):
         cut = next((i + 1 for i, t in enumerate(f) if t in stops), len(f))
         assert o == f[:cut] and len(lp) == len(o)
-        assert max(abs(a - b) for a, b in zip(lp, full_logprobs(ours, p, o))) < 1e-4
+        assert max(abs(a - b) for a, b in zip(lp, full_logprobs(ours, p, o, temperature or 1.0))) < 1e-4
 
 
 def test_sampled_logprobs_match_full_forward(pair):
@@ -206,7 +210,7 @@ def test_sampling_distribution_is_exact():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(20000, 1)
     g = torch.Generator().manual_seed(0)
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.7)]:
-        tok, _ = M._sample(logits, temperature, top_p, top_k, g)
+        tok, _ = M._sample(logits, temperature, top_p, top_k, torch.rand(len(logits), 1, generator=g, dtype=torch.float64))
         p = torch.softmax(logits[0] / temperature, -1).double()
         if top_k:
             p[p < p.topk(top_k).values[-1]] = 0
