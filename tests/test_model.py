@@ -147,10 +147,11 @@ def test_kv_cache_greedy_equals_recompute_ragged(pair, batch):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_decode_linear_matches_float64(threads, batch):
-    # odd output width (not a multiple of the thread count) and a bias: Qwen2's q/k/v
+@pytest.mark.parametrize("width", [25, 2])
+def test_decode_linear_matches_float64(threads, batch, width):
+    # input widths not a multiple of the thread count (2: fewer rows than threads) and a bias
     torch.manual_seed(threads)
-    w, b, x = torch.randn(37, 24), torch.randn(37), torch.randn(batch, 24)
+    w, b, x = torch.randn(37, width), torch.randn(37), torch.randn(batch, width)
     torch.set_num_threads(threads)
     try:
         y = M._decode_linear(w, b, batch)(x)
