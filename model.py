@@ -728,7 +728,8 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     prompts: list of B lists of token ids (ragged). Returns (completions, logprobs): per
     sequence, the new ids (ending with the EOS that stopped it, if any) and the log-prob of each
     under log_softmax(logits / temperature) (temperature 0 = greedy, log-probs at temperature 1).
-    eos_ids=None uses model.config.eos_token_ids; [] never stops early.
+    eos_ids=None uses model.config.eos_token_ids; [] never stops early. Finished rows leave the
+    batch as it runs; no row's samples depend on when the others finished.
     """
     cfg = model.config
     W = model.output_weight
