@@ -3,10 +3,11 @@
 Plain sampling (temperature 1, no top-k/top-p), exactly --new-tokens new tokens per row (no EOS
 stop on either side), the same prompt repeated over the batch (as GRPO samples a group per
 prompt; model.generate prefills identical prompts once) or, with --distinct, a different prompt
-per row. With --eos both stop each row at the checkpoint's EOS, as RL rollouts do, and tokens/s
-counts the tokens up to each row's EOS (model.generate drops finished rows from its batch;
-transformers pads them to the end). For every (model, batch size) the two implementations run interleaved, --repeats
-times each, and the median is reported, so load on a shared machine hits both alike.
+per row. With --eos both stop each row at the checkpoint's EOS, as RL rollouts do, and
+tokens/s counts the tokens up to each row's EOS (model.generate drops finished rows from its
+batch; transformers pads them to the end). For every (model, batch size) the two
+implementations run interleaved, --repeats times each, and the median is reported, so load
+on a shared machine hits both alike.
 
     .venv/bin/python bench/generate.py                       # tiny random Llama + SmolLM2 if converted
     .venv/bin/python bench/generate.py --models tiny --batch-sizes 1 8 --repeats 3
@@ -138,6 +139,8 @@ def main():
     ap.add_argument("--breakdown", action="store_true", help="also time model.generate without its matmuls / attention")
     ap.add_argument("--smollm2", default=SMOLLM2, help="converted SmolLM2-135M-Instruct folder")
     args = ap.parse_args()
+    if args.breakdown and args.eos:
+        ap.error("--breakdown times fixed-length steps: run it without --eos")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.new_tokens} new tokens, "
           f"median of {args.repeats}, {'distinct prompts' if args.distinct else 'one prompt repeated'}"
