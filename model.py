@@ -787,8 +787,8 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     for t in range(N):
         # One uniform number per original row, every step, even for rows dropped below: each
         # row's samples depend only on the seed, never on when other rows finished.
-        u = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device, dtype=torch.float64)
-        tok, logp = _sample(logits, temperature, top_p, top_k, None if u is None else u[rows])
+        u = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device, dtype=torch.float64)[rows]
+        tok, logp = _sample(logits, temperature, top_p, top_k, u)
         out_tok[rows, t] = tok
         out_logp[rows, t] = logp
         if eos:

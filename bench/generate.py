@@ -107,19 +107,19 @@ def breakdown(name, ours, prompt, rows, args):
     product replaced by zeros of its output shape, and with attention replaced by a copy of q.
     The differences are the matmuls' and attention's shares; the rest is elementwise ops,
     sampling and per-op overhead. Last column: the step time that 3x transformers would allow."""
-    def step_ms():
-        return statistics.median(1e3 * batch / time_ours(ours, prompts, args.new_tokens, r, [])
+    def step_ms(prompts):
+        return statistics.median(1e3 * len(prompts) / time_ours(ours, prompts, args.new_tokens, r, [])
                                  for r in range(args.repeats))
     print(f"\n| {name} batch | ms/step | matmuls | attention | the rest | 3x transformers allows |\n|---|---|---|---|---|---|")
     linear, attention = M._decode_linear, M._decode_attention
     for _, batch, _, hf_tok_s in rows:
         prompts = batch_prompts(prompt, batch, args.distinct)
-        full = step_ms()
+        full = step_ms(prompts)
         try:
             M._decode_linear = lambda w, b, n: (lambda x, out=w.shape[0]: x.new_zeros(x.shape[0], out))
-            no_matmul = step_ms()
+            no_matmul = step_ms(prompts)
             M._decode_linear, M._decode_attention = linear, (lambda q, k, v, mask: q.clone())
-            no_attention = step_ms()
+            no_attention = step_ms(prompts)
         finally:
             M._decode_linear, M._decode_attention = linear, attention
         mm, att = full - no_matmul, full - no_attention
