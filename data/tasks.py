@@ -13,6 +13,7 @@ The gold answer is kept as text; the verifier (verifier.py) decides equivalence.
 
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -31,9 +32,17 @@ class Problem:
 
 
 def read_jsonl(path):
-    """Yields (line_number, record) for each non-blank line; bad JSON -> ValueError 'path:line: why'."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    """Yields (line_number, record) for each non-blank line; bad JSON or bytes that are not
+    UTF-8 (a binary or Latin-1 file passed as data) -> ValueError 'path:line: why'."""
+    # Bytes, decoded line by line: a text-mode file raises a bare UnicodeDecodeError from
+    # somewhere in its read buffer, with no line number.
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a BOM
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1}); is this a binary file, or text in another encoding?") from None
             if not line.strip():
                 continue
             try:
@@ -53,6 +62,8 @@ def answer_text(value):
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
+        if not math.isfinite(value):  # JSON's NaN / Infinity: no response can equal them
+            raise TypeError(f"cannot use {value!r} as an answer")
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
@@ -79,7 +90,7 @@ def gsm8k_problem(record):
     answer = record.get("answer")
     if not isinstance(answer, str) or "####" not in answer:
         raise ValueError("GSM8K 'answer' must be a string ending in '#### <final answer>'")
-    return Problem(prompt=_text(record, "question"), answer=verifier.gsm8k_gold(answer))
+    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.gsm8k_gold(answer), "after '####'"))
 
 
 def math_problem(record):
@@ -90,20 +101,30 @@ def math_problem(record):
     if "answer" not in record and "solution" not in record:
         raise ValueError(f"MATH record needs 'answer' or 'solution' (keys: {sorted(record)})")
     gold = verifier.math_gold(record)  # ValueError when neither gives an answer
-    return Problem(prompt=_text(record, "problem"), answer=gold)
+    return Problem(prompt=_text(record, "problem"), answer=_gold(gold, "in 'answer' or the last \\boxed{} of 'solution'"))
 
 
 def olympiad_problem(record):
     """OlympiadBench: 'question' and the list 'final_answer'."""
     import verifier
 
-    return Problem(prompt=_text(record, "question"), answer=verifier.olympiad_gold(record))
+    answers = record.get("final_answer")
+    if isinstance(answers, list) and any(not isinstance(a, str) or not a.replace("$", "").strip() for a in answers):
+        raise ValueError(f"'final_answer' has an empty or non-text item: {answers!r}")
+    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.olympiad_gold(record), "in 'final_answer'"))
 
 
 def generic_problem(record, prompt_key, answer_key):
     if answer_key not in record:
         raise ValueError(f"missing key {answer_key!r} (keys: {sorted(record)})")
     return Problem(prompt=_text(record, prompt_key), answer=answer_text(record[answer_key]))
+
+
+def _gold(answer, where):
+    # An empty gold can never be matched: every reward would be 0 and the problem silently useless.
+    if not answer.strip():
+        raise ValueError(f"empty gold answer (nothing {where})")
+    return answer
 
 
 def _text(record, key):
@@ -346,3 +367,115 @@ def synthetic_problems(n, seed, split="train", level=DEFAULT_LEVEL, style="mixed
     and the train and test splits never share a chain (see chain_split)."""
     rng = random.Random(f"wording/{seed}/{split}/{level}")
     return [chain_problem(chain, rng, style) for chain in sample_chains(n, seed, split, level)]
+
+
+# ----------------------------------------------------------------------------- search task
+#
+# A problem whose solution is a search, so that the model chooses how long it reasons:
+#     Which n from 1 to 12 gives 7n+3=52?
+# solved by trying candidates, each checked in its own line, until one works:
+#     try 5: 7*5+3=38 low
+#     try 9: 7*9+3=66 high
+#     try 7: 7*7+3=52 yes
+#     \boxed{7}
+# Every check is exact and visible (the verdict says whether the value is below, above or at
+# the target), so the reward is unambiguous. The worked solutions the shipped search model
+# learned from (tools/train_search_model.py) try candidates in a random order and ignore the
+# low/high verdicts, and some stop early with an unchecked guess. So a sampled response can
+# be short (a lucky first try, or a guess) or long (it can also run out of tokens before it
+# finds n), and a better strategy exists for RL to find: never retry a ruled-out candidate,
+# move up after "low" and down after "high" (bisection needs at most 4 tries where the
+# random order needs 6.5 on average).
+
+SEARCH_MAX_N = 12        # "from 1 to 12": the candidates
+SEARCH_A = range(2, 10)  # the coefficient a of an + b
+SEARCH_B = range(1, 31)  # the constant b
+SEARCH_MAX_NEW_TOKENS = 96  # the response budget of the search task: about 6 tries, so a
+#                             random-order search runs out of tokens about half the time
+
+
+@dataclass(frozen=True)
+class Search:
+    a: int
+    b: int
+    n: int  # the answer
+
+    @property
+    def target(self):
+        return self.a * self.n + self.b
+
+
+def search_split(s):
+    """'test' or 'train', from a hash of the equation alone (as chain_split): a test equation
+    is never trained on, whatever the seeds."""
+    digest = hashlib.sha256(f"search/{s.a}n+{s.b}={s.target}".encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION else "train"
+
+
+def search_text(s):
+    return f"Which n from 1 to {SEARCH_MAX_N} gives {s.a}n+{s.b}={s.target}?"
+
+
+def search_try(s, k):
+    """The check of candidate k, e.g. 'try 5: 7*5+3=38 low'."""
+    value = s.a * k + s.b
+    verdict = "yes" if value == s.target else ("low" if value < s.target else "high")
+    return f"try {k}: {s.a}*{k}+{s.b}={value} {verdict}"
+
+
+def search_solution(s, rng=None, guess_rate=0.0, order=None):
+    """A worked solution: tries in `order` (default: a random order of 1..SEARCH_MAX_N drawn
+    from rng, or ascending without rng) up to the one that works, then \\boxed{n}.
+
+    guess_rate > 0: with that probability the solver gives up at a random point before it
+    finds n and boxes a random untried candidate without checking it (right only by luck).
+    tools/train_search_model.py teaches these wrong early stops so RL has guesses to remove.
+    """
+    if order is None:
+        order = list(range(1, SEARCH_MAX_N + 1))
+        if rng is not None:
+            rng.shuffle(order)
+    found = order.index(s.n)
+    stop = found + 1
+    guess = None
+    if guess_rate > 0 and rng.random() < guess_rate:
+        stop = rng.randint(0, found)  # tries made before giving up (0: guess at once)
+        guess = rng.choice(order[stop:])  # any untried candidate, n included
+    lines = [search_try(s, k) for k in order[:stop]]
+    lines.append(f"\\boxed{{{s.n if guess is None else guess}}}")
+    return "\n".join(lines)
+
+
+def bisection_solution(s):
+    """The short search the low/high verdicts allow (at most 4 tries for 12 candidates)."""
+    lo, hi, tries = 1, SEARCH_MAX_N, []
+    while True:
+        k = (lo + hi) // 2
+        tries.append(k)
+        if k == s.n:
+            return search_solution(s, order=tries)
+        lo, hi = (k + 1, hi) if s.a * k + s.b < s.target else (lo, k - 1)
+
+
+def sample_searches(n, seed, split="train"):
+    """n equations of the split, drawn with replacement (about 290 of the 2880 are test)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"search/{seed}/{split}")
+    out = []
+    while len(out) < n:
+        s = Search(a=rng.choice(SEARCH_A), b=rng.choice(SEARCH_B), n=rng.randint(1, SEARCH_MAX_N))
+        if search_split(s) == split:
+            out.append(s)
+    return out
+
+
+def search_problems(n, seed, split="train"):
+    """n search problems: deterministic in (seed, split), any n; the train and test splits
+    never share an equation (see search_split). `solution` is one random-order search
+    without guesses (seeded by the problem), for supervised learning."""
+    problems = []
+    for i, s in enumerate(sample_searches(n, seed, split)):
+        rng = random.Random(f"search-solution/{seed}/{split}/{i}")
+        problems.append(Problem(prompt=search_text(s), answer=str(s.n), solution=search_solution(s, rng)))
+    return problems

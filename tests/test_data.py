@@ -83,6 +83,45 @@ def test_malformed_gsm8k_and_math_lines(tmp_path):
         load_problems(path)
 
 
+def test_binary_or_non_utf8_file_names_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"q": "a", "a": "1"}\n{"q": "caf\u00e9", "a": "2"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.jsonl:2: not UTF-8"):
+        load_problems(str(path), prompt_key="q", answer_key="a")
+    path = tmp_path / "weights.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(128, 256)) * 4)  # an image passed as --data
+    with pytest.raises(ValueError, match="weights.jsonl:1: not UTF-8"):
+        load_problems(str(path))
+
+
+def test_utf8_bom_and_crlf_are_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"q": "caf\xc3\xa9", "a": "1"}\r\n{"q": "b", "a": "2"}\r\n')
+    assert load_problems(str(path), prompt_key="q", answer_key="a") == [Problem("caf\u00e9", "1"), Problem("b", "2")]
+
+
+@pytest.mark.parametrize("record, fmt", [
+    ({"question": "Q?", "answer": "so 4\n####"}, "gsm8k"),
+    ({"question": "Q?", "answer": "so 4\n####   \n"}, "gsm8k"),
+    ({"problem": "P", "answer": "", "solution": "it is \\boxed{}"}, "math"),
+    ({"problem": "P", "answer": "  "}, "math"),
+    ({"problem": "P", "solution": "it is \\boxed{ }"}, "math"),
+    ({"question": "Q?", "final_answer": ["$ $"]}, "olympiad"),
+    ({"question": "Q?", "final_answer": ["$1$", ""]}, "olympiad"),
+    ({"q": "Q?", "a": ""}, "generic"),
+    ({"q": "Q?", "a": [" "]}, "generic"),
+    ({"q": "Q?", "a": float("nan")}, "generic"),
+])
+def test_empty_gold_is_refused_with_file_and_line(tmp_path, record, fmt):
+    # An empty gold can never be matched: the problem would train with reward 0 forever.
+    good = {"gsm8k": {"question": "Q?", "answer": "#### 4"}, "math": {"problem": "P", "answer": "4"},
+            "olympiad": {"question": "Q?", "final_answer": ["$4$"]}, "generic": {"q": "Q?", "a": "4"}}[fmt]
+    path = write_jsonl(tmp_path / "gold.jsonl", [good, record])
+    keys = dict(prompt_key="q", answer_key="a") if fmt == "generic" else {}
+    with pytest.raises(ValueError, match="gold.jsonl:2: "):
+        load_problems(path, **keys)
+
+
 def test_bad_arguments(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"q": "a", "a": "1"}])
     with pytest.raises(ValueError, match="unknown format"):
