@@ -338,6 +338,9 @@ def load(path, device="cpu", dtype=torch.float32):
 
     The module is built on the meta device (no memory), then each tensor is read from the
     safetensors file, cast and assigned one at a time: peak memory is one model in `dtype`.
+    Refused with the folder, file or tensor named: a tokenizer with ids past the embedding,
+    a tensor holding NaN/inf. A checkpoint that names no EOS loads with tokenizer.eos_ids == []
+    (see set_eos).
     """
     from safetensors import safe_open
 
@@ -345,6 +348,12 @@ def load(path, device="cpu", dtype=torch.float32):
         raise FileNotFoundError(f"{path}: not a directory")
     cfg = ModelConfig.from_hf(_read_json(os.path.join(path, "config.json")), os.path.join(path, "config.json"))
     tokenizer = Tokenizer.from_folder(path, cfg)
+    # More embedding rows than tokens is common and fine (padded to a multiple of 64/128);
+    # a token past the last row would only fail deep inside generate().
+    if tokenizer.max_id() >= cfg.vocab_size:
+        raise ValueError(f"{path}: tokenizer.json has ids up to {tokenizer.max_id()} ({tokenizer.vocab_size} tokens) "
+                         f"but the model's embedding has {cfg.vocab_size} rows (config.json vocab_size): "
+                         "the tokenizer does not belong to these weights")
     cfg.eos_token_ids, cfg.bos_token_id, cfg.pad_token_id = list(tokenizer.eos_ids), tokenizer.bos_id, tokenizer.pad_id
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -371,12 +380,40 @@ def load(path, device="cpu", dtype=torch.float32):
                 raise ValueError(f"{file}: tensor {name!r} has shape {list(t.shape)}, expected "
                                  f"{list(expected[name].shape)} from config.json")
             loaded[name] = t.to(device=device, dtype=dtype)
+            # NaN/inf weights would load silently and fail at the first training step.
+            if not _all_finite(loaded[name]):
+                why = _nonfinite(name, loaded[name])
+                if _all_finite(t):  # finite as stored: the cast overflowed
+                    why += f" after casting {t.dtype} to {dtype} (values too large for it)"
+                raise ValueError(f"{file}: {why}")
             del t
     missing = [n for n in expected if n not in loaded]
     if missing:
         raise ValueError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     model.load_state_dict(loaded, strict=True, assign=True)
     return model.eval(), tokenizer
+
+
+def _all_finite(t):
+    # A sum is NaN or inf when any element is, so a finite sum proves every element finite;
+    # on the CPU that is 10x faster than isfinite(t).all(). Only a sum that overflowed needs
+    # the element-wise check.
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return bool(torch.isfinite(t.sum(dtype=acc))) or bool(torch.isfinite(t).all())
+
+
+def _nonfinite(name, t):
+    bad = ~torch.isfinite(t)
+    return (f"tensor {name!r} holds non-finite values ({int(torch.isnan(t).sum())} NaN, "
+            f"{int((bad & ~torch.isnan(t)).sum())} inf of {t.numel()})")
+
+
+def check_finite(model: nn.Module, where="model") -> None:
+    """Raise ValueError naming the first parameter or buffer that holds NaN or inf (one pass
+    over the weights). model.load already checks each tensor as it reads it."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not _all_finite(t.detach()):
+            raise ValueError(f"{where}: {_nonfinite(name, t.detach())}")
 
 
 def save(model: Transformer, tokenizer: "Tokenizer", path) -> None:
@@ -437,9 +474,9 @@ class Tokenizer:
 
     def __init__(self, tk, eos_ids, bos_id=None, pad_id=None, chat_style=None, chat_template=None):
         import tokenizers
+        # eos_ids == [] is allowed: such a checkpoint loads and scores text, and generate()
+        # runs to max_new_tokens. Training needs an EOS: set_eos(tok, "<token>") names one.
         eos_ids = _as_list(eos_ids)
-        if not eos_ids:
-            raise ValueError("Tokenizer needs at least one EOS id")
         if chat_style not in (None, "chatml", "llama3"):
             raise ValueError(f"unsupported chat_style {chat_style!r} (supported: chatml, llama3, None)")
         # Own copy with special-token matching switched off: encode() must treat a "<|im_end|>"
@@ -447,7 +484,7 @@ class Tokenizer:
         self.tk = tokenizers.Tokenizer.from_str(tk.to_str())
         self.tk.encode_special_tokens = True
         self.eos_ids, self.bos_id = eos_ids, bos_id
-        self.pad_id = eos_ids[0] if pad_id is None else pad_id
+        self.pad_id = eos_ids[0] if pad_id is None and eos_ids else pad_id
         self.chat_style = chat_style
         self.chat_template = chat_template or {"chatml": CHATML_TEMPLATE, "llama3": LLAMA3_TEMPLATE}.get(chat_style)
         # Chat templates of SmolLM2 / Qwen2.5 add a default system message when none is given.
@@ -479,8 +516,6 @@ class Tokenizer:
         eos = []  # every EOS any of the three files names: generation must stop on all of them
         for v in (gc.get("eos_token_id"), tid(tc.get("eos_token")), cfg.eos_token_ids if cfg else None):
             eos += [i for i in _as_list(v) if i is not None and i not in eos]
-        if not eos:
-            raise ValueError(f"{path}: no EOS token in generation_config.json, tokenizer_config.json or config.json")
         # BOS: the id the tokenizer's own post-processor prepends (Llama), else add_bos_token.
         with_special, plain = tk.encode("a", add_special_tokens=True).ids, tk.encode("a", add_special_tokens=False).ids
         bos = with_special[0] if len(with_special) > len(plain) and with_special[-len(plain):] == plain else None
@@ -498,7 +533,10 @@ class Tokenizer:
                 template = f.read()
         style = ("chatml" if "<|im_start|>" in (template or "") else
                  "llama3" if "<|start_header_id|>" in (template or "") else None)
-        return cls(tk, eos, bos, pad, style, template)
+        try:
+            return cls(tk, eos, bos, pad, style, template)
+        except ValueError as e:  # e.g. an EOS id from config.json past the tokenizer's vocabulary
+            raise ValueError(f"{path}: {e}") from None
 
     def save(self, path):
         tk_json = json.loads(self.tk.to_str())
@@ -508,20 +546,27 @@ class Tokenizer:
         added = {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
                  for t in tk_json.get("added_tokens", [])}
         tc = {"tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": added,
-              "eos_token": name(self.eos_ids[0]), "bos_token": name(self.bos_id), "pad_token": name(self.pad_id),
+              "eos_token": name(self.eos_ids[0] if self.eos_ids else None), "bos_token": name(self.bos_id),
+              "pad_token": name(self.pad_id),
               "add_bos_token": self.bos_id is not None, "clean_up_tokenization_spaces": False}
         if self.chat_template:
             tc["chat_template"] = self.chat_template
         with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump(tc, f, indent=2, ensure_ascii=False)
-        gc = {"eos_token_id": self.eos_ids if len(self.eos_ids) > 1 else self.eos_ids[0],
+        gc = {"eos_token_id": self.eos_ids if len(self.eos_ids) != 1 else self.eos_ids[0],
               "bos_token_id": self.bos_id, "pad_token_id": self.pad_id}
+        if not self.eos_ids:
+            del gc["eos_token_id"]  # none: written as absent, as transformers does
         with open(os.path.join(path, "generation_config.json"), "w") as f:
             json.dump(gc, f, indent=2)
 
     @property
     def vocab_size(self):
         return self.tk.get_vocab_size()
+
+    def max_id(self):
+        """The largest token id the tokenizer can produce (ids need not be dense)."""
+        return max(self.tk.get_vocab(with_added_tokens=True).values(), default=-1)
 
     def encode(self, text: str) -> list[int]:
         """Plain text -> ids. Special-token strings stay text; no BOS."""
@@ -582,6 +627,23 @@ class Tokenizer:
             if p is not None:
                 ids.append(p)
         return ids
+
+
+def set_eos(tok: Tokenizer, token_text: str) -> int:
+    """Make the token spelled `token_text` (e.g. "<|im_end|>") the tokenizer's only EOS, for a
+    checkpoint whose config files name none or the wrong one; it also becomes the pad id
+    when there is none. Returns its id. Pass eos_ids=tok.eos_ids to generate (its default
+    reads model.config, which model.save refreshes from the tokenizer)."""
+    i = tok.tk.token_to_id(token_text) if isinstance(token_text, str) and token_text else None
+    if i is None:
+        specials = [t.content for t in tok.tk.get_added_tokens_decoder().values() if t.special]
+        hint = f"; its special tokens: {', '.join(map(repr, specials[:12]))}" if specials else ""
+        raise ValueError(f"EOS token {token_text!r} is not in the tokenizer's vocabulary (one token, spelled as "
+                         f"in tokenizer.json){hint}")
+    tok.eos_ids = [i]
+    if tok.pad_id is None:
+        tok.pad_id = i
+    return i
 
 
 # ----------------------------------------------------------------------------- sampling

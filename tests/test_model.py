@@ -442,3 +442,77 @@ def test_smollm2_chat_matches_transformers(smollm2_hf):
     for msgs in (MESSAGES, MESSAGES[1:2]):  # with and without a system message (default one added)
         assert tok.apply_chat(msgs) == hf_chat(SMOLLM2, msgs)
     assert tok.decode(tok.encode("Solve 12*7. <|im_end|>")) == "Solve 12*7. <|im_end|>"
+
+
+# ----------------------------------------------------------------------------- checkpoints that are not quite right
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_checkpoint_without_eos_loads_and_generates_to_the_end(tmp_path, kind):
+    # transformers' default Qwen2/Qwen3 configs name no EOS token, and neither does a bare
+    # tokenizer.json: loading for logits must work; training needs set_eos.
+    cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind]
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, vocab_size=V)).eval()
+    path = save_hf(hf, tmp_path / "m")
+    model, tok = M.load(path)
+    assert tok.eos_ids == [] and model.config.eos_token_ids == [] and tok.pad_id is None
+    ids = torch.randint(0, V, (1, 12))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max() < 1e-4
+    out, lps = M.generate(model, PROMPTS, 7, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert [len(o) for o in out] == [7] * len(PROMPTS) and [len(lp) for lp in lps] == [7] * len(PROMPTS)
+    M.save(model, tok, tmp_path / "again")  # a folder without EOS saves and loads back the same way
+    assert M.load(tmp_path / "again")[1].eos_ids == []
+    with pytest.raises(ValueError, match="'<|im_end|>' is not in the tokenizer's vocabulary"):
+        M.set_eos(tok, "<|im_end|>")
+    assert M.set_eos(tok, "w1") == 1 and tok.eos_ids == [1] and tok.pad_id == 1
+    out, _ = M.generate(model, PROMPTS, 40, temperature=0, eos_ids=tok.eos_ids)
+    assert all(1 not in o[:-1] for o in out)
+
+
+def test_set_eos_lists_the_special_tokens():
+    tok = M.Tokenizer.from_tokenizers(bpe_tokenizer(["<|endoftext|>", "<|im_end|>"]), eos_ids=[])
+    with pytest.raises(ValueError, match="special tokens: '<|endoftext|>', '<|im_end|>'"):
+        M.set_eos(tok, "</s>")
+    assert M.set_eos(tok, "<|im_end|>") == 1 and tok.eos_ids == [1]
+
+
+def test_tokenizer_larger_than_embedding_is_refused_at_load(tmp_path):
+    path = save_hf(hf_model("llama", vocab_size=64), tmp_path / "small")  # tokenizer: 96 tokens
+    with pytest.raises(ValueError, match=r"small: tokenizer.json has ids up to 95 \(96 tokens\) but the model's "
+                                         r"embedding has 64 rows"):
+        M.load(path)
+    # More embedding rows than tokens (padded vocabularies, e.g. Qwen2.5's 151936 rows for
+    # 151665 tokens) is fine.
+    model, tok = M.load(save_hf(hf_model("llama", vocab_size=128), tmp_path / "padded"))
+    assert model.config.vocab_size == 128 and tok.vocab_size == V
+
+
+def test_nonfinite_weights_are_refused_naming_the_tensor(tmp_path):
+    hf = hf_model("llama")
+    with torch.no_grad():
+        hf.model.layers[1].mlp.down_proj.weight[3, 5] = float("nan")
+        hf.model.layers[1].mlp.down_proj.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model.layers.1.mlp.down_proj.weight' holds "
+                                         r"non-finite values \(1 NaN, 1 inf of 2048\)"):
+        M.load(save_hf(hf, tmp_path / "nan"))
+    big = hf_model("llama")
+    with torch.no_grad():
+        big.model.norm.weight[0] = 1e6  # finite in fp32, inf in fp16
+    path = save_hf(big, tmp_path / "big")
+    M.load(path)
+    with pytest.raises(ValueError, match=r"'model.norm.weight' .* after casting torch.float32 to torch.float16"):
+        M.load(path, dtype=torch.float16)
+
+
+def test_check_finite():
+    m = M.Transformer(M.ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2))
+    with torch.no_grad():
+        m.model.norm.weight.fill_(3e38)  # finite, though their sum overflows float32
+    M.check_finite(m, "policy")
+    with torch.no_grad():
+        m.model.layers[0].self_attn.k_proj.weight[1, 2] = float("-inf")
+    with pytest.raises(ValueError, match=r"policy: tensor 'model.layers.0.self_attn.k_proj.weight' holds "
+                                         r"non-finite values \(0 NaN, 1 inf"):
+        M.check_finite(m, "policy")
