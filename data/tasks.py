@@ -7,6 +7,11 @@ Three sources of problems, all returning the same `Problem(prompt, answer)`:
 and a synthetic arithmetic task of our own (`synthetic_problems`), which the default run and
 the shipped model (data/default_model/) use: unbounded, deterministic, exact integer answers,
 with a train/test split that never overlaps.
+A second synthetic task, the search task (`search_problems`, `a3po.py --data search`, the
+model data/search_model/), is solved by trying candidates one checked line at a time
+("Which n from 1 to 12 gives 7n+3=52?" -> "try 5: 7*5+3=38 low" ... "try 7: 7*7+3=52 yes",
+"\\boxed{7}"), so the length of a response is the model's choice: where sample polarity can
+show in response length and pass@k (bench/polarity.py --task search).
 
 The gold answer is kept as text; the verifier (verifier.py) decides equivalence.
 """
@@ -457,16 +462,23 @@ def bisection_solution(s):
         lo, hi = (k + 1, hi) if s.a * k + s.b < s.target else (lo, k - 1)
 
 
+def all_searches(split):
+    """Every equation of the split, in a fixed order (2880 in all, 300 of them test)."""
+    return [s for a in SEARCH_A for b in SEARCH_B for n in range(1, SEARCH_MAX_N + 1)
+            if search_split(s := Search(a, b, n)) == split]
+
+
 def sample_searches(n, seed, split="train"):
-    """n equations of the split, drawn with replacement (about 290 of the 2880 are test)."""
+    """n equations of the split: the whole split in a seeded random order, then again in
+    another, as often as needed (so no equation repeats within the first pass: an evaluation
+    of up to 300 test problems holds each at most once)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(f"search/{seed}/{split}")
-    out = []
+    pool, out = all_searches(split), []
     while len(out) < n:
-        s = Search(a=rng.choice(SEARCH_A), b=rng.choice(SEARCH_B), n=rng.randint(1, SEARCH_MAX_N))
-        if search_split(s) == split:
-            out.append(s)
+        rng.shuffle(pool)
+        out += pool[:n - len(out)]
     return out
 
 

@@ -280,3 +280,112 @@ def test_shipped_model_solves_held_out_problems_greedily(shipped):
                                     eos_ids=tok.eos_ids)
     right = sum(verifier.score(tok.decode(c), p.answer) for c, p in zip(completions, problems))
     assert right >= 14, [tok.decode(c) for c in completions]
+
+
+# ----------------------------------------------------------------------------- search task
+
+SEARCH_MODEL = os.path.join(ROOT, "data", "search_model")
+
+
+def replay_search(problem_text, solution):
+    """Checks every line of a search: 'try k: a*k+b=v verdict' with v and the verdict exact
+    for the equation of the prompt. -> (tried candidates, boxed answer, whether a 'yes' came
+    last before the box)."""
+    lhs, target = problem_text[len(f"Which n from 1 to {tasks.SEARCH_MAX_N} gives "):-1].split("=")
+    a, b = (int(x) for x in lhs.split("n+"))
+    *lines, last = solution.split("\n")
+    tried, said_yes = [], False
+    for line in lines:
+        head, check = line.split(": ")
+        k = int(head[len("try "):])
+        expr, rest = check.split("=")
+        value, verdict = rest.split(" ")
+        assert expr == f"{a}*{k}+{b}" and int(value) == a * k + b, line
+        assert verdict == {-1: "low", 0: "yes", 1: "high"}[(a * k + b > int(target)) - (a * k + b < int(target))]
+        assert not said_yes, "a try after the one that worked"
+        tried.append(k)
+        said_yes = verdict == "yes"
+    assert last.startswith("\\boxed{") and last.endswith("}")
+    return tried, last[len("\\boxed{"):-1], said_yes
+
+
+def test_search_solutions_check_every_try_exactly():
+    import verifier
+
+    for p in tasks.search_problems(300, seed=0):
+        tried, boxed, said_yes = replay_search(p.prompt, p.solution)
+        assert said_yes and boxed == p.answer and tried[-1] == int(p.answer)
+        assert len(set(tried)) == len(tried) and set(tried) <= set(range(1, tasks.SEARCH_MAX_N + 1))
+        assert verifier.score(p.solution, p.answer) == 1.0
+    lengths = [len(p.solution.split("\n")) - 1 for p in tasks.search_problems(300, seed=0)]
+    assert min(lengths) == 1 and max(lengths) == tasks.SEARCH_MAX_N  # the order is random: any length
+
+
+def test_search_guesses_and_bisection():
+    import verifier
+
+    rng = random.Random(0)
+    searches = tasks.sample_searches(400, 0)
+    guessed = [tasks.search_solution(s, rng, guess_rate=1.0) for s in searches]
+    text = lambda s: tasks.search_text(s)
+    outcomes = [replay_search(text(s), g) for s, g in zip(searches, guessed)]
+    assert not any(yes for _, _, yes in outcomes)  # a guess is boxed without its check
+    right = sum(verifier.score(g, str(s.n)) for s, g in zip(searches, guessed))
+    assert 20 < right < 200  # right only by luck
+    for s in searches:  # the verdicts allow a search of at most 4 tries
+        tried, boxed, said_yes = replay_search(text(s), tasks.bisection_solution(s))
+        assert said_yes and boxed == str(s.n) and len(tried) <= 4
+
+
+def test_search_split_is_disjoint_and_deterministic():
+    train = set(tasks.sample_searches(6000, 0, "train")) | set(tasks.sample_searches(6000, 1, "train"))
+    test = set(tasks.sample_searches(1000, 0, "test")) | set(tasks.sample_searches(1000, 1, "test"))
+    assert len(train) == len(tasks.all_searches("train")) and len(test) == len(tasks.all_searches("test")) == 300
+    assert not train & test
+    assert tasks.search_problems(40, 0, "test") == tasks.search_problems(40, 0, "test")
+    assert tasks.search_problems(40, 0, "test") != tasks.search_problems(40, 1, "test")
+    assert len({tasks.search_text(s) for s in tasks.sample_searches(300, 0, "test")}) == 300  # no repeats
+    with pytest.raises(ValueError, match="split"):
+        tasks.search_problems(1, 0, split="dev")
+
+
+@pytest.fixture(scope="module")
+def search_model():
+    if not os.path.exists(os.path.join(SEARCH_MODEL, "config.json")):
+        pytest.skip("data/search_model not built (python tools/train_search_model.py)")
+    import model
+
+    return model.load(SEARCH_MODEL)
+
+
+def test_search_model_folder(search_model):
+    net, tok = search_model
+    size = sum(os.path.getsize(os.path.join(SEARCH_MODEL, f)) for f in os.listdir(SEARCH_MODEL))
+    assert size <= 20e6
+    for p in tasks.search_problems(20, 0, "test"):
+        text = tasks.format_question(p.prompt) + "\n" + p.solution
+        assert tok.decode(tok.encode(text)) == text
+        assert len(build_prompt(p.prompt, tok)) + tasks.SEARCH_MAX_NEW_TOKENS <= net.config.max_position_embeddings
+
+
+def test_search_model_samples_checked_searches_of_many_lengths(search_model):
+    """Sampled at temperature 1, its tries are exact checks, some responses find n and some do
+    not, and their lengths spread (fixed seed: deterministic)."""
+    import torch
+
+    import model
+    import verifier
+
+    net, tok = search_model
+    problems = tasks.search_problems(8, 0, "test")
+    prompts = [build_prompt(p.prompt, tok) for p in problems for _ in range(8)]
+    out, _ = model.generate(net, prompts, tasks.SEARCH_MAX_NEW_TOKENS, 1.0, eos_ids=tok.eos_ids,
+                            generator=torch.Generator().manual_seed(0))
+    right = [verifier.score(tok.decode(r), problems[i // 8].answer) for i, r in enumerate(out)]
+    lengths = sorted(len(r) for r in out)
+    assert 0.05 < sum(right) / len(right) < 0.9
+    assert lengths[-len(lengths) // 10] >= 3 * lengths[len(lengths) // 10]  # p90 / p10 >= 3
+    finished = [tok.decode(r) for r in out if r[-1] in tok.eos_ids]
+    lines = [line for t in finished for line in t.split("\n") if line.startswith("try ")]
+    exact = sum(eval(line.split(": ")[1].split("=")[0]) == int(line.split("=")[1].split(" ")[0]) for line in lines)
+    assert exact >= 0.9 * len(lines)
