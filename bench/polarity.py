@@ -2,11 +2,16 @@
 
     python bench/polarity.py                 # full study: 9 variants x 4 seeds (~45 min on 2 idle cores, estimated)
     python bench/polarity.py --quick         # smaller and shorter (< 10 min): a smoke test of the study
+    python bench/polarity.py --task search   # the same study on the search task (data/search_model)
     python bench/polarity.py --report-only   # rebuild the report from the runs already on disk
     python bench/polarity.py -- --model PATH # flags after -- go to every a3po.py run
 
-Trains, from the same starting model on the same task with the same step budget:
-  - the presets grpo, dapo, psr, nsr, a3po (spec section 5);
+Two tasks (--task): `synthetic`, the default run's arithmetic task and model, where a worked
+solution's length is fixed by the problem; and `search` (data/tasks.py, data/search_model/),
+where the model searches for n by checking candidates, so it chooses how long it reasons and
+the claims about response length and pass@k can show. On each it trains, from the same
+starting model with the same step budget:
+  - the presets grpo, dapo, psr, nsr, a3po (spec section 5), and w-reinforce on the search task;
   - four token-level ablations of a3po (spec section 3), each changing ONE choice.
 Each run is `python a3po.py --algo X --seed S --run-dir RUNS/<variant>-seed<S> ...` in its own
 process (so --jobs 2 can run two at once, and a crash or Ctrl-C loses one run, not the study).
@@ -23,7 +28,12 @@ writes to --out:
   polarity-*.png           curves vs step, one line per variant, a band for the seed spread
                            (needs matplotlib: pip install -r requirements-plot.txt; without it
                            the plots are skipped with a message and everything else is written)
---quick names its outputs polarity-quick.* so it never overwrites the full study's.
+--quick names its outputs polarity-quick.* so it never overwrites the full study's; the search
+task's are polarity-search.* and polarity-search-quick.*.
+The distribution of held-out response lengths (not only their mean, which is all a3po.py
+logs) comes from drawing the held-out samples of the first and last evaluation again, with
+the same problems, prompts and random stream as a3po.py's `evaluate` (checked: their mean
+equals the logged one); each run keeps them in heldout_lengths.json.
 Everything but wall times is a deterministic function of the seeds (and of --threads: the
 float summation order of the matrix products depends on the thread count).
 """
@@ -37,6 +47,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +63,7 @@ VARIANTS = {
     "dapo": (["--algo", "dapo"], "preset", "GRPO + clip-higher, token-mean, dynamic sampling (DAPO)"),
     "psr": (["--algo", "psr"], "preset", "positive samples only (A = R)"),
     "nsr": (["--algo", "nsr"], "preset", "negative samples only (A = R - 1)"),
+    "w-reinforce": (["--algo", "w-reinforce"], "preset", "negatives weighted up: A = 0.1 if right, -1 if wrong"),
     "a3po": (["--algo", "a3po"], "preset", "DAPO + asymmetric, adaptive token boost (A3PO)"),
     "a3po-pos-high": (["--algo", "a3po", "--pos-tail", "high"], "ablation",
                       "positive samples: boost HIGH-prob tokens (A3PO: low)"),
@@ -74,10 +86,19 @@ EVAL_K = (1, 4, 16)  # held-out pass@k; 16 samples per problem at the training t
 # an evaluation of 100 problems x 16 samples): ~45 min with --jobs 2 on 2 idle cores. Four
 # seeds, not three: with n seeds the 95% margin of the claim rule is t(n-1) standard errors,
 # 4.3 at 3 seeds but 3.2 at 4.
-FULL = dict(seeds=[0, 1, 2, 3], steps=40, eval_every=10, eval_size=100, variants=list(VARIANTS))
+# The default task's study was made before w-reinforce joined the variants: it keeps its 9.
+SYNTHETIC_VARIANTS = [v for v in VARIANTS if v != "w-reinforce"]
+FULL = dict(seeds=[0, 1, 2, 3], steps=40, eval_every=10, eval_size=100, variants=SYNTHETIC_VARIANTS)
 # Quick: every variant, 2 seeds (the smallest number with a spread), 6 steps: 18 runs of ~26
 # CPU-seconds. A smoke test of the whole pipeline; its numbers mean little.
-QUICK = dict(seeds=[0, 1], steps=6, eval_every=3, eval_size=24, variants=list(VARIANTS))
+QUICK = dict(seeds=[0, 1], steps=6, eval_every=3, eval_size=24, variants=SYNTHETIC_VARIANTS)
+# The search task: responses are 3-4x longer than the arithmetic task's (up to its budget of
+# tasks.SEARCH_MAX_NEW_TOKENS), so a step costs more; SEARCH_FULL's steps are where the
+# curves of the measured runs flattened (see docs/polarity-search.md).
+SEARCH_FULL = dict(seeds=[0, 1, 2, 3], steps=60, eval_every=10, eval_size=100, variants=list(VARIANTS))
+SEARCH_QUICK = dict(seeds=[0, 1], steps=4, eval_every=2, eval_size=16, variants=list(VARIANTS))
+SIZES = {("synthetic", False): FULL, ("synthetic", True): QUICK, ("search", False): SEARCH_FULL,
+         ("search", True): SEARCH_QUICK}
 
 # Claim-judging rule (see `compare`): a difference counts when it exceeds both a 95% confidence
 # margin from the seed spread and this floor (below it, differences mean nothing at our scale).
@@ -92,6 +113,9 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps, seeds and eval problems (< 10 min)")
+    ap.add_argument("--task", choices=("synthetic", "search"), default="synthetic",
+                    help="synthetic: the default run's arithmetic task and model; search: the search task "
+                         "and data/search_model (outputs polarity-search*)")
     ap.add_argument("--out", default=os.path.join(REPO, "docs"), help="where the report and plots go")
     ap.add_argument("--runs-dir", default=None, help="where the runs go (default runs/polarity[-quick])")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (full: 0 1 2 3; quick: 0 1)")
@@ -105,12 +129,12 @@ def parse_args(argv=None):
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     ap.add_argument("extra", nargs="*", help="flags for every a3po.py run (after --), e.g. -- --model PATH")
     args = ap.parse_args(argv)
-    base = QUICK if args.quick else FULL
+    base = SIZES[args.task, args.quick]
     for key in ("seeds", "steps", "eval_every", "eval_size", "variants"):
         if getattr(args, key) is None:
             setattr(args, key, base[key])
-    args.runs_dir = args.runs_dir or os.path.join(REPO, "runs", "polarity-quick" if args.quick else "polarity")
-    args.name = "polarity-quick" if args.quick else "polarity"
+    args.name = "polarity" + ("-search" if args.task == "search" else "") + ("-quick" if args.quick else "")
+    args.runs_dir = args.runs_dir or os.path.join(REPO, "runs", args.name)
     return args
 
 
@@ -119,8 +143,32 @@ def parse_args(argv=None):
 def study_settings(args) -> dict:
     """What makes runs comparable. A runs dir holds ONE study: mixing runs made with other
     settings would silently compare different things, so `check_settings` refuses that."""
-    return dict(steps=args.steps, eval_every=args.eval_every, eval_size=args.eval_size,
-                eval_k=list(EVAL_K), extra=list(args.extra))
+    settings = dict(steps=args.steps, eval_every=args.eval_every, eval_size=args.eval_size,
+                    eval_k=list(EVAL_K), extra=list(args.extra))
+    if args.task != "synthetic":  # (so the default task's settings.json stays as it was)
+        settings["task"] = args.task
+    return settings
+
+
+def task_flags(settings: dict, runs_dir: str) -> list[str]:
+    """a3po.py flags that pick the task: none for the default task. The search task's problems
+    are those `a3po.py --data search` uses (tasks.search_problems(train_size, 0, "train") and
+    (eval_size, 0, "test")), written once to JSONL files in the runs dir and read through the
+    generic loader, with the search model and the task's token budget."""
+    if settings.get("task", "synthetic") == "synthetic":
+        return []
+    from data import tasks
+
+    train, test = os.path.join(runs_dir, "search-train.jsonl"), os.path.join(runs_dir, "search-test.jsonl")
+    for path, problems in ((train, tasks.search_problems(SEARCH_TRAIN_SIZE, 0, "train")),
+                           (test, tasks.search_problems(settings["eval_size"], 0, "test"))):
+        if not os.path.exists(path):
+            write_atomic(path, "".join(json.dumps(dict(prompt=p.prompt, answer=p.answer)) + "\n" for p in problems))
+    return ["--model", "data/search_model", "--data", train, "--eval-data", test, "--data-format", "generic",
+            "--prompt-key", "prompt", "--answer-key", "answer", "--max-new-tokens", str(tasks.SEARCH_MAX_NEW_TOKENS)]
+
+
+SEARCH_TRAIN_SIZE = 20000  # a3po.py's --train-size default
 
 
 def read_settings(runs_dir: str) -> dict:
@@ -155,7 +203,7 @@ def run_command(variant: str, seed: int, settings: dict, run_dir: str) -> list[s
             "--steps", str(settings["steps"]), "--eval-every", str(settings["eval_every"]),
             "--save-every", str(settings["eval_every"]),  # so an interrupted run loses little
             "--eval-size", str(settings["eval_size"]), "--eval-k", *map(str, settings["eval_k"]),
-            *settings["extra"]]
+            *task_flags(settings, os.path.dirname(run_dir)), *settings["extra"]]
 
 
 def finished(run_dir: str, steps: int) -> bool:
@@ -200,8 +248,72 @@ def run_one(variant: str, seed: int, settings: dict, runs_dir: str, threads: int
         # evaluation in metrics.jsonl shows that the run went the whole way.
         error = f"stopped before step {settings['steps']} (rerun to continue from its checkpoint)"
     if error is None:
+        try:
+            record_lengths(run_dir, runs_dir, seed, threads)
+        except Exception as e:  # noqa: BLE001 (reported like a failed run, the study goes on)
+            error = f"held-out lengths: {type(e).__name__}: {e}"
+    if error is None:
         write_atomic(os.path.join(run_dir, "done.json"), json.dumps(dict(seconds=seconds, command=cmd), indent=2))
     return dict(name=f"{variant}-seed{seed}", seconds=seconds, error=error)
+
+
+LENGTHS = "heldout_lengths.json"
+START_LOCK = threading.Lock()  # two runs of one seed must not draw its start samples at once
+
+
+def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
+    """The held-out samples of a3po.py's `evaluate` for `model_path`, drawn again: the same
+    problems, prompts, sampling settings and random stream, so the same responses. -> their
+    lengths, correctness and truncation, one entry per sample (problem-major)."""
+    import dataclasses
+
+    import torch
+
+    import a3po
+    import model
+    import verifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    fields = {f.name for f in dataclasses.fields(a3po.Config)}  # a config.json from an older a3po.py too
+    cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in config.items() if k in fields})
+    _, problems = a3po.load_data(cfg)
+    policy, tok = model.load(a3po.resolve_model_path(model_path))
+    prompts = a3po.encode_prompts(problems, tok, cfg, policy.config.max_position_embeddings, "held-out")
+    n = max(cfg.eval_k)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_999_937)  # as a3po.evaluate
+    seqs = [p for p in prompts for _ in range(n)]
+    sampled = []
+    for i in range(0, len(seqs), cfg.eval_batch_size):
+        sampled += model.generate(policy, seqs[i:i + cfg.eval_batch_size], cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_p, eos_ids=tok.eos_ids, generator=gen)[0]
+    golds = [q.answer for q in problems for _ in range(n)]
+    return dict(length=[len(r) for r in sampled],
+                correct=[int(verifier.score(tok.decode(r), g)) for r, g in zip(sampled, golds)],
+                truncated=[int(r[-1] not in tok.eos_ids) for r in sampled])
+
+
+def record_lengths(run_dir: str, runs_dir: str, seed: int, threads: int):
+    """RUN_DIR/heldout_lengths.json: the samples of the run's first and last evaluation (start:
+    the starting model, drawn once per seed into RUNS/start-seed<S>/). Refuses to write them if
+    their mean length is not the one a3po.py logged: then they are not the same samples."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    evals = read_metrics(os.path.join(run_dir, "metrics.jsonl"))[1]
+    start_path = os.path.join(runs_dir, f"start-seed{seed}", LENGTHS)
+    with START_LOCK:
+        if not os.path.exists(start_path):
+            os.makedirs(os.path.dirname(start_path), exist_ok=True)
+            write_atomic(start_path, json.dumps(held_out_samples(config, config["model"], threads)))
+    with open(start_path) as f:
+        start = json.load(f)
+    end = held_out_samples(config, os.path.join(run_dir, "checkpoint"), threads)
+    for when, samples, ev in (("start", start, evals[0]), ("end", end, evals[-1])):
+        mean = sum(samples["length"]) / len(samples["length"])
+        if abs(mean - ev["length"]) > 1e-6:
+            raise ValueError(f"{run_dir}: redrawn {when} samples have mean length {mean:.4f}, a3po.py logged "
+                             f"{ev['length']:.4f} at step {ev['step']}: not the same samples")
+    write_atomic(os.path.join(run_dir, LENGTHS), json.dumps(dict(start=start, end=end)))
 
 
 def run_all(args, settings: dict) -> list[dict]:
@@ -321,8 +433,12 @@ def load_runs(runs_dir: str) -> dict:
             raise ValueError(f"{run_dir}/metrics.jsonl: no train or no eval lines in a finished run")
         with open(os.path.join(run_dir, "done.json")) as f:
             seconds = json.load(f).get("seconds")
+        lengths = None
+        if os.path.exists(os.path.join(run_dir, LENGTHS)):  # studies made before it was recorded have none
+            with open(os.path.join(run_dir, LENGTHS)) as f:
+                lengths = json.load(f)
         runs.setdefault(v, {})[s] = dict(train=train, eval=evals, summary=summarize_run(train, evals),
-                                         seconds=seconds)
+                                         seconds=seconds, lengths=lengths)
     return runs
 
 
@@ -384,6 +500,9 @@ CLAIMS = [
      [(("a3po", "end", "pass@1"), ("a3po-entropy", "end", "pass@1"))]),
     ("An adaptive (decaying) boost beats a constant one (pass@1)",
      [(("a3po", "end", "pass@1"), ("a3po-constant", "end", "pass@1"))]),
+    # Zhu et al.: weighting negative samples up keeps the pass@k that PSR and GRPO lose at large k.
+    ("W-REINFORCE (negatives weighted up) beats GRPO on pass@16",
+     [(("w-reinforce", "end", "pass@16"), ("grpo", "end", "pass@16"))]),
 ]
 
 RULE = ("Each check compares A > B over seeds: d = mean(A) - mean(B). When A and B come from the same "
@@ -491,6 +610,53 @@ def table(runs: dict, variants, columns, with_start: bool) -> list[str]:
     return lines
 
 
+def quantile(sorted_values: list, q: float):
+    """The nearest-rank q-quantile of an ascending list (a sample's own value, no interpolation)."""
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+
+
+def length_stats(samples: list[dict]) -> dict | None:
+    """Held-out samples (one dict of lists per seed, pooled) -> the numbers of the length table."""
+    samples = [x for x in samples if x]
+    if not samples:
+        return None
+    lengths = sorted(n for x in samples for n in x["length"])
+    rows = [(n, c, t) for x in samples for n, c, t in zip(x["length"], x["correct"], x["truncated"])]
+    mean = lambda v: sum(v) / len(v) if v else float("nan")
+    return dict(n=len(lengths), mean=mean(lengths), min=lengths[0], p10=quantile(lengths, 0.1),
+                median=quantile(lengths, 0.5), p90=quantile(lengths, 0.9), max=lengths[-1],
+                truncated=mean([t for _, _, t in rows]), wrong_stop=mean([1 - c - t for _, c, t in rows]),
+                right=mean([n for n, c, _ in rows if c]), wrong=mean([n for n, c, _ in rows if not c]))
+
+
+LENGTH_HEAD = ("| run | seeds | samples | mean | min | p10 | median | p90 | max | p90 / p10 | "
+               "out of tokens % | wrong stop % | length right | length wrong |")
+
+
+def length_table(runs: dict, variants) -> list[str]:
+    """Held-out response lengths, all samples of all seeds pooled: the start (the starting
+    model, once per seed) and each variant at the end. Wrong stop: ended with a wrong answer
+    before the token limit; right / wrong: mean length of the correct / incorrect samples."""
+    lines = [LENGTH_HEAD, "|---|---:|" + "---:|" * 12]
+    starts = {}
+    for v in runs:
+        for seed, r in runs[v].items():
+            if r.get("lengths"):
+                starts.setdefault(seed, r["lengths"]["start"])
+    rows = [("start (step 0)", list(starts.values()))]
+    rows += [(v, [r["lengths"]["end"] for r in runs[v].values() if r.get("lengths")]) for v in variants if v in runs]
+    for name, samples in rows:
+        st = length_stats(samples)
+        if st is None:
+            continue
+        spread = st["p90"] / st["p10"] if st["p10"] else float("inf")
+        lines.append(f"| {name} | {len([x for x in samples if x])} | {st['n']} | {st['mean']:.1f} | {st['min']} | "
+                     f"{st['p10']} | {st['median']} | {st['p90']} | {st['max']} | {spread:.1f} | "
+                     f"{100 * st['truncated']:.1f} | {100 * st['wrong_stop']:.1f} | {fmt_value('length', st['right'])} | "
+                     f"{fmt_value('length', st['wrong'])} |")
+    return lines if len(lines) > 2 else []
+
+
 def side_text(side) -> str:
     variant, when, metric = side
     return f"{variant} {metric}" + (" at start" if when == "start" else "")
@@ -524,13 +690,20 @@ def run_settings(runs_dir: str, runs: dict) -> dict:
 
 def study_command(args, cfg: dict, seeds, variants) -> str:
     """The command that reproduces the report (the sizes the runs really used)."""
-    cmd = ["python bench/polarity.py"] + (["--quick"] if args.quick else [])
+    cmd = ["python bench/polarity.py"] + (["--task", args.task] if args.task != "synthetic" else [])
+    cmd += ["--quick"] if args.quick else []
     cmd += [f"--steps {cfg['steps']} --eval-every {cfg['eval_every']} --eval-size {cfg['eval_size']}",
             "--seeds " + " ".join(map(str, seeds))]
-    if set(variants) != set(VARIANTS):
+    if set(variants) != set(SIZES[args.task, args.quick]["variants"]):
         cmd.append("--variants " + " ".join(variants))
     extra = read_settings(args.runs_dir).get("extra", [])
     return " ".join(cmd + (["--", *extra] if extra else []))
+
+
+def task_text(args, cfg: dict) -> str:
+    if args.task == "search":
+        return "`search` (data/tasks.py `search_problems`: train split for training, test split held out); "
+    return f"`{cfg.get('data')}` (level {cfg.get('synthetic_level')}); "
 
 
 def markdown(args, runs: dict, plots: list[str]) -> str:
@@ -545,7 +718,7 @@ def markdown(args, runs: dict, plots: list[str]) -> str:
          "",
          "## Setup",
          "",
-         f"- Starting model `{cfg.get('model')}`, task `{cfg.get('data')}` (level {cfg.get('synthetic_level')}); "
+         f"- Starting model `{cfg.get('model')}`, task " + task_text(args, cfg) +
          f"{cfg['steps']} steps of {cfg.get('prompts_per_step')} prompts x {cfg.get('group_size')} samples, "
          f"{cfg.get('ppo_epochs')} PPO epochs, lr {cfg.get('lr')}, up to {cfg.get('max_new_tokens')} new tokens, "
          f"temperature {cfg.get('temperature')}. Every variant: the same steps, data order and sampling seed.",
@@ -567,7 +740,16 @@ def markdown(args, runs: dict, plots: list[str]) -> str:
          *[f"- `{v}`: {VARIANTS[v][2]}" for v in ABLATIONS if v in runs],
          "", *table(runs, ["a3po"] + ABLATIONS, MAIN_COLUMNS, with_start=False), "",
          "## By polarity (training batches, end of training)",
-         "", *table(runs, list(VARIANTS), POLARITY_COLUMNS, with_start=False), "",
+         "", *table(runs, list(VARIANTS), POLARITY_COLUMNS, with_start=False), ""]
+    lengths = length_table(runs, list(VARIANTS))
+    if lengths:
+        L += ["## Held-out response lengths (end of training)", "",
+              f"Every held-out sample of the last evaluation ({max(EVAL_K)} per problem, all seeds pooled; the start "
+              "row: the starting model). Quantiles are nearest-rank. Out of tokens: stopped by the token limit "
+              "(no answer); wrong stop: ended with a wrong answer before it; length right / wrong: the mean "
+              "length of the correct / incorrect samples (held-out polarity).", "",
+              *lengths, ""]
+    L += [
          "## The paper's claims at this scale",
          "",
          "Judged by this rule, from the numbers above (never by hand): " + RULE,
@@ -591,8 +773,23 @@ def numbers_json(runs: dict) -> str:
     numbers = {v: {str(s): dict(summary=r["summary"],
                                 train=[keep(m, TRAIN_KEYS) for m in r["train"]],
                                 eval=[keep(m, EVAL_KEYS + (f"avg@{max(EVAL_K)}", "greedy_acc")) for m in r["eval"]])
+                   | ({"heldout_lengths": {when: length_stats([r["lengths"][when]]) | histogram(r["lengths"][when])
+                                           for when in ("start", "end")}} if r.get("lengths") else {})
                    for s, r in sorted(runs[v].items())} for v in runs}
     return json.dumps(no_nan(numbers), indent=1, allow_nan=False)
+
+
+HIST_BIN = 8  # tokens per bin of the length histograms in the JSON
+
+
+def histogram(samples: dict) -> dict:
+    """{"hist_bin": 8, "hist": [count of lengths 0-7, 8-15, ...], "hist_correct": [...]}."""
+    top = max(samples["length"]) // HIST_BIN + 1
+    hist, right = [0] * top, [0] * top
+    for n, c in zip(samples["length"], samples["correct"]):
+        hist[n // HIST_BIN] += 1
+        right[n // HIST_BIN] += c
+    return dict(hist_bin=HIST_BIN, hist=hist, hist_correct=right)
 
 
 def no_nan(x):
@@ -633,7 +830,30 @@ def make_plots(runs: dict, out: str, name: str) -> list[str]:
             plot_polarity.plot_group({v: runs[v] for v in variants}, os.path.join(out, fname),
                                      title=f"{group} ({name})")
             files.append(fname)
+    if groups["presets"]:
+        fname = f"{name}-by-polarity.png"
+        plot_polarity.plot_group({v: runs[v] for v in groups["presets"]}, os.path.join(out, fname),
+                                 title=f"presets by polarity ({name})", panels=plot_polarity.POLARITY_PANELS)
+        files.append(fname)
+    dists = length_dists(runs)
+    if dists:
+        fname = f"{name}-lengths.png"
+        max_len = max(n for lengths, _ in dists.values() for n in lengths)
+        plot_polarity.plot_lengths(dists, os.path.join(out, fname), f"held-out lengths at the end ({name})", max_len)
+        files.append(fname)
     return files
+
+
+def length_dists(runs: dict) -> dict:
+    """{"start" and each variant: (lengths, correct)} of the held-out samples, seeds pooled."""
+    starts, ends = {}, {}
+    for v in runs:
+        for seed, r in sorted(runs[v].items()):
+            if r.get("lengths"):
+                starts.setdefault(seed, r["lengths"]["start"])
+                ends.setdefault(v, []).append(r["lengths"]["end"])
+    pool = lambda samples: ([n for x in samples for n in x["length"]], [c for x in samples for c in x["correct"]])
+    return ({"start": pool(starts.values())} | {v: pool(ends[v]) for v in ends}) if starts else {}
 
 
 def report(args):

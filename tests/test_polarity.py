@@ -313,7 +313,88 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, capsys):
     else:
         assert "No plots: matplotlib is not installed" in text
 
+    for v in ("psr", "a3po"):  # the held-out samples were drawn again: the same as a3po.py's
+        for seed in (0, 1):
+            run_dir = tmp_path / "runs" / f"{v}-seed{seed}"
+            lengths = json.loads((run_dir / "heldout_lengths.json").read_text())
+            evals = read_metrics(run_dir)[1]
+            for when, ev in (("start", evals[0]), ("end", evals[-1])):
+                assert len(lengths[when]["length"]) == 8 * 16
+                assert np.mean(lengths[when]["length"]) == pytest.approx(ev["length"], abs=1e-9)
+                assert np.mean(lengths[when]["correct"]) == pytest.approx(ev["pass@1"], abs=1e-9)
+    assert "## Held-out response lengths" in text
+
     polarity.main(argv)  # everything is done: nothing is trained again
     assert "0 run(s) to train, 4 already done" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="other settings"):  # another step budget would mix studies
         polarity.main([a if a != "2" else "3" for a in argv])
+
+
+# ----------------------------------------------------------------------------- the search task
+
+def test_search_task_runs_on_its_own_problems_model_and_outputs(tmp_path):
+    from data import tasks
+
+    args = polarity.parse_args(["--task", "search", "--quick", "--runs-dir", str(tmp_path)])
+    assert args.name == "polarity-search-quick" and "w-reinforce" in args.variants
+    assert polarity.parse_args(["--task", "search"]).name == "polarity-search"
+    assert "w-reinforce" not in polarity.parse_args([]).variants  # the default task's study keeps its 9
+    settings = polarity.study_settings(args)
+    assert settings["task"] == "search" and "task" not in polarity.study_settings(polarity.parse_args([]))
+    cmd = polarity.run_command("w-reinforce", 1, settings, polarity.run_dir_of(str(tmp_path), "w-reinforce", 1))
+    flag = lambda name: cmd[cmd.index(name) + 1]
+    assert cmd[2:4] == ["--algo", "w-reinforce"]
+    assert flag("--model") == "data/search_model" and flag("--max-new-tokens") == str(tasks.SEARCH_MAX_NEW_TOKENS)
+    assert flag("--data-format") == "generic"
+    train = tasks.load_problems(flag("--data"), prompt_key="prompt", answer_key="answer")
+    test = tasks.load_problems(flag("--eval-data"), prompt_key="prompt", answer_key="answer")
+    assert [(p.prompt, p.answer) for p in test] == [(p.prompt, p.answer) for p in tasks.search_problems(16, 0, "test")]
+    assert len(train) == polarity.SEARCH_TRAIN_SIZE and not {p.prompt for p in train} & {p.prompt for p in test}
+    assert "--data" not in polarity.run_command("grpo", 0, polarity.study_settings(polarity.parse_args([])), "x")
+
+
+def test_length_table_pools_the_recorded_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = {}
+    for v in ("psr", "nsr"):
+        for seed in (0, 1):
+            write_fake_run(tmp_path / "runs", v, seed)
+            rec = {}
+            for when in ("start", "end"):
+                n = rng.integers(10, 97, size=48).tolist()
+                truncated = [int(x == 96) for x in n]
+                correct = [int(not t and rng.random() < 0.4) for t in truncated]
+                rec[when] = dict(length=n, correct=correct, truncated=truncated)
+            if seed == 1:
+                rec["start"] = samples[v, 0]["start"]  # one start per seed in a real study; here seed 0's
+            samples[v, seed] = rec
+            (tmp_path / "runs" / f"{v}-seed{seed}" / "heldout_lengths.json").write_text(json.dumps(rec))
+    argv = ["--report-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--steps", str(STEPS), "--eval-every", str(EVAL_EVERY)]
+    saved = sys.modules.get("matplotlib", "absent")
+    sys.modules["matplotlib"] = None
+    try:
+        polarity.main(argv)
+    finally:
+        sys.modules.pop("matplotlib") if saved == "absent" else sys.modules.update(matplotlib=saved)
+    rows = markdown_table((tmp_path / "out" / "polarity.md").read_text(), "## Held-out response lengths")
+    for v in ("psr", "nsr"):
+        n = np.concatenate([samples[v, s]["end"]["length"] for s in (0, 1)])
+        c = np.concatenate([samples[v, s]["end"]["correct"] for s in (0, 1)])
+        t = np.concatenate([samples[v, s]["end"]["truncated"] for s in (0, 1)])
+        row = rows[v]
+        assert row["samples"] == "96" and float(row["mean"]) == pytest.approx(n.mean(), abs=0.05)
+        assert int(row["median"]) == int(np.percentile(n, 50, method="inverted_cdf"))
+        assert int(row["p10"]) == int(np.percentile(n, 10, method="inverted_cdf"))
+        assert int(row["p90"]) == int(np.percentile(n, 90, method="inverted_cdf"))
+        assert (int(row["min"]), int(row["max"])) == (n.min(), n.max())
+        assert float(row["out of tokens %"]) == pytest.approx(100 * t.mean(), abs=0.05)
+        assert float(row["wrong stop %"]) == pytest.approx(100 * (1 - c - t).mean(), abs=0.05)
+        assert float(row["length right"]) == pytest.approx(n[c == 1].mean(), abs=0.05)
+        assert float(row["length wrong"]) == pytest.approx(n[c == 0].mean(), abs=0.05)
+    start = np.array(samples["psr", 0]["start"]["length"])  # both seeds' starts in this fake: seed 0's, twice
+    assert float(rows["start (step 0)"]["mean"]) == pytest.approx(start.mean(), abs=0.05)
+    numbers = json.loads((tmp_path / "out" / "polarity.json").read_text())
+    hist = numbers["nsr"]["1"]["heldout_lengths"]["end"]
+    assert sum(hist["hist"]) == 48 and sum(hist["hist_correct"]) == sum(samples["nsr", 1]["end"]["correct"])
+    assert hist["hist"][samples["nsr", 1]["end"]["length"][0] // hist["hist_bin"]] >= 1
