@@ -69,6 +69,7 @@ MAX_DEPTH = 60            # parser nesting (\frac nested 1000 deep is refused, n
 MAX_BITS = 20_000         # exact rationals larger than this are refused
 MAX_ITEMS = 64            # elements of a list / tuple / matrix
 REL_TOL = 1e-9            # for non-rational values: floating noise only
+LONG_DECIMAL = 10         # significant digits that make a decimal a rounded value
 N_POINTS = 4              # sample points for expressions with free variables
 _rng = random.Random(20250611)
 _SAMPLE = [[_rng.uniform(1.5, 7.5) for _ in range(16)] for _ in range(N_POINTS)]
@@ -151,17 +152,30 @@ def _box_at(text, i):
     return (text[k:j], j) if j > k else (None, k)
 
 
+_JOINERS = ('\\text', '\\quad', '\\qquad', '\\,', '\\(', '\\)', '\\[', '\\]', '$', '{', '}', '=', ' ')
+
+
 def _is_connective(gap):
-    """Text between two boxes that makes them one answer list ("$, $", " or ")."""
-    if len(gap) > 40 or '\n' in gap or '.' in gap:
+    """Text between two boxes that makes them one answer list: only joiners ("$, $",
+    " or ", "$y = $"), or a few words that contain "and" or a comma ("\\boxed{(2,1)} for
+    part (a) and \\boxed{(0,4)}", "\\boxed{3} trucks and \\boxed{4} vans")."""
+    if len(gap) > 40 or '\n' in gap.strip() or '.' in gap:
         return False
-    for tok in ('\\text', '\\quad', '\\,', '\\(', '\\)', 'and', 'or', '$', ',', ';', '{', '}', '=', ' '):
-        gap = gap.replace(tok, '')
-    return gap == '' or (len(gap) == 1 and _is_letter(gap))  # "$x = \boxed{3}$ or $x = \boxed{4}$"
+    bare = gap
+    for tok in _JOINERS + ('and', 'or', ',', ';'):
+        bare = bare.replace(tok, '')
+    if bare == '' or (len(bare) == 1 and _is_letter(bare)):
+        return True  # "$x = \boxed{3}$ or $x = \boxed{4}$"
+    words = gap.replace(',', ' , ').split()
+    if len(words) > 4 or not ('and' in words or ',' in words or '\\text{and}' in gap):
+        return False
+    # "y_2 =", "for part (a)": names, short words, letters in brackets; never a number
+    return not any(ch.isdigit() and gap[max(0, k - 1)] != '_' for k, ch in enumerate(gap))
 
 
 def _last_boxed(text):
-    answers, end, prev = [], len(text), None
+    """(content, end) of the last box, or of the last boxes joined by connectives."""
+    answers, end, prev, stop_last = [], len(text), None, -1
     for _ in range(MAX_BOXES):
         i = max(text.rfind('\\boxed', 0, end), text.rfind('\\fbox', 0, end))
         if i < 0:
@@ -175,60 +189,233 @@ def _last_boxed(text):
         if prev is not None and (stop > prev or not _is_connective(text[stop:prev])):
             break
         content = content.strip()
+        if stop_last < 0:
+            stop_last = stop
         # "\boxed{5} $\boxed{5}$" or "\boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}"
         # restate one answer: keep the last form of it.
         if not any(is_equivalent(content, a) for a in answers):
             answers.append(content)
         prev = i
-    return ', '.join(reversed(answers)) if answers else None
+    return (', '.join(reversed(answers)), stop_last) if answers else (None, -1)
+
+
+def _math_spans(text):
+    """[(start, end, content)] of $...$, $$...$$, \\(...\\), \\[...\\] in one left-to-right
+    pass; inline spans ($, \\() do not cross a line break, \\$ is an escaped dollar."""
+    spans, i, n = [], 0, len(text)
+    while i < n:
+        j = min((k for k in (text.find('$', i), text.find('\\(', i), text.find('\\[', i)) if k >= 0),
+                default=-1)
+        if j < 0:
+            break
+        if text.startswith('\\$', j - 1) and text[j] == '$':  # an escaped dollar
+            i = j + 1
+            continue
+        if text.startswith('$$', j):
+            opener, closer = '$$', '$$'
+        elif text[j] == '$':
+            opener, closer = '$', '$'
+        else:
+            opener, closer = text[j:j + 2], '\\)' if text[j + 1] == '(' else '\\]'
+        k = j + len(opener)
+        while True:
+            e = text.find(closer, k, k + MAX_BOX_CHARS)
+            if e > 0 and closer == '$' and text[e - 1] == '\\':
+                k = e + 1
+                continue
+            break
+        if e < 0 or (opener in ('$', '\\(') and '\n' in text[j:e]):
+            i = j + len(opener)
+            continue
+        spans.append((j, e + len(closer), text[j + len(opener):e]))
+        i = e + len(closer)
+    return spans
+
+
+_CONNECTIVE_WORDS = {'and', 'or', 'pi'}
+_PHRASES = {'all real numbers', 'no solution', 'no solutions', 'none', 'undefined',
+            'infinitely many', 'does not exist'}
+
+
+def _is_bare(text):
+    """Is the text itself an answer ("$\\frac27$", "t \\in (1, 9]", "30 dollars", "prime")
+    rather than prose around one? At most one word of two or more letters outside LaTeX."""
+    t = text.strip().strip('*').strip()
+    if not t or len(t) > 200 or '\n' in t.strip():
+        return False
+    if t.lower().rstrip('.') in _PHRASES:
+        return True
+    words, i = 0, 0
+    while i < len(t):
+        if _is_letter(t[i]):
+            j = i
+            while j < len(t) and _is_letter(t[j]):
+                j += 1
+            if (j - i >= 2 and (i == 0 or t[i - 1] != '\\') and t[i:j].lower() not in
+                    _CONNECTIVE_WORDS and not (t[i - 1:i] == '{' and t[max(0, i - 6):i - 1].endswith(('text', 'mbox', 'mathrm', 'textbf')))):
+                words += 1
+            i = j
+        else:
+            i += 1
+    return words <= 1
+
+
+def _number_spans(text):
+    """(start, end) of each number in text: digits with thousands commas or a decimal
+    point, a sign; not a digit glued to letters before it (x2, AZ7Q)."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        if not ('0' <= text[i] <= '9'):
+            i += 1
+            continue
+        j = i
+        while j < n and ('0' <= text[j] <= '9' or (text[j] in ',./' and j + 1 < n and '0' <= text[j + 1] <= '9')):
+            j += 1
+        start = i - 1 if i > 0 and text[i - 1] in '-\u2212' else i
+        if i > 0 and text[i - 1] == '.':
+            start = i - 1  # ".25"
+        if not (i > 0 and _is_letter(text[i - 1])) and not (j < n and text[j] == '_'):
+            out.append((start, j))
+        i = j
+    return out
+
+
+def _last_number(text):
+    spans = _number_spans(text[-2000:])
+    if not spans:
+        return None
+    a, b = spans[-1]
+    num = text[-2000:][a:b]
+    whole, comma, rest = num.rpartition(',')
+    if comma and '.' not in num and '/' not in num and whole.count(',') == 0 and (len(rest) != 3 or whole.lstrip('-') == '0'):
+        num = whole + '.' + rest  # a decimal comma: "2,74", "0,111"
+    return num.strip('.') if not num.endswith('.') else num[:-1]
+
+
+def _answer_in(text):
+    """The answer inside an answer sentence: the text itself when it is bare, else what
+    follows its last " is " / " = ", else its last math span, else its last number."""
+    t = text.strip().strip('"\'*').strip()
+    if not t:
+        return None
+    if _is_bare(t):
+        return t
+    low = t.lower()
+    for sep in (' is ', ' are ', ' = ', ' was '):
+        k = low.rfind(sep)
+        if k >= 0 and _is_bare(t[k + len(sep):]):
+            return t[k + len(sep):].strip()
+    spans = _math_spans(t)
+    if spans:
+        return spans[-1][2].strip() or None
+    return _last_number(t)
+
+
+_MARKERS = ('final answer is', 'answer is', 'answer:', 'answer =', '####')
 
 
 def _after_marker(text):
-    """The rest of the line after the last 'answer is' / 'answer:' / '####'."""
+    """(answer, position) after the last 'answer is' / 'answer:' / '####' / a bare
+    'Answer $...$', or before a final 'is the answer'; (None, -1) when there is none."""
     low = text.lower()
-    best = -1
-    for marker in ('answer is', 'answer:', 'answer =', '####'):
+    best, end = -1, -1
+    for marker in _MARKERS:
         j = low.rfind(marker)
-        if j >= 0:
-            best = max(best, j + len(marker))
+        if j >= 0 and j + len(marker) > end:
+            best, end = j, j + len(marker)
+    j = low.rfind('answer')  # "Answer $ 42 $", "Answer \[ 42 \]": the next math span
+    if j > best:
+        rest = text[j + 6:j + 6 + MAX_BOX_CHARS]
+        lead = rest.lstrip(' \t\n*:')
+        spans = _math_spans(lead) if lead[:1] in ('$', '\\') else []
+        if spans and spans[0][0] == 0:
+            return spans[0][2].strip() or None, j
+    for tail in ('is the answer', 'is our answer', 'is the final answer'):
+        k = low.rfind(tail)
+        if k > best and k >= 0:  # "so 31 is the answer"
+            start = max(0, k - 300)
+            head = text[start:k]
+            cut = max(head.rfind('. '), head.rfind('\n')) + 1
+            spans = _math_spans(head[cut:])
+            if spans:  # the position is where the answer starts: a box inside it wins
+                return spans[-1][2].strip(), start + cut + spans[-1][0]
+            return _last_number(head[cut:]), k
     if best < 0:
-        return None
-    rest = text[best:best + 2000].lstrip(' \t\n:*')
+        return None, -1
+    rest = text[end:end + 2000].lstrip(' \t\n:*')
     line = rest.split('\n', 1)[0]
     cut = line.find('. ')  # "The answer is 42. Let me check." -> 42
     if cut >= 0:
         line = line[:cut]
+    for reason in (', since ', ' since ', ', because ', ' because ', ', as ', ', which '):
+        cut = line.find(reason)  # "The answer is 9, since 3^2 = 9"
+        if cut > 0:
+            line = line[:cut]
     line = line.strip(' \t*.').strip()[:300]
-    return line or None
+    if not line:
+        return None, -1
+    if '\\boxed' in line or '\\fbox' in line:
+        return _last_boxed(line)[0], best
+    if low[best:end] in ('answer:', 'answer ='):
+        line = _answer_in(line)  # "Final Answer: The area is 58."
+    return line or None, best
 
 
-def _last_number(text):
-    i = max(text.rfind(d) for d in '0123456789')
-    if i < 0:
-        return None
-    j = i
-    while j > 0 and i - j < 40 and (text[j - 1].isdigit() or
-                                     (text[j - 1] in '.,/' and j - 2 >= 0 and text[j - 2].isdigit())):
-        j -= 1
-    if j > 0 and text[j - 1] in '-\u2212':
-        j -= 1
-    return text[j:i + 1]
+def _strip_chat(text):
+    """Drop chat-template tokens a sampler left in ("<|im_start|>user")."""
+    k = text.find('<|')
+    while k >= 0:
+        e = text.find('|>', k)
+        if e < 0:
+            break
+        text = text[:k] + ' ' + text[e + 2:]
+        k = text.find('<|', k)
+    return text
 
 
-def extract_answer(response, last_number=False):
-    """The final answer in a response: last box, else 'answer is ...', else (if asked)
-    the last number; None when there is none."""
+def extract_answer(response, fallback=False, last_number=False):
+    """The final answer in a response, or None. Strict (the default): the last box, or a
+    marked answer ("the answer is", "Answer:", "####") that comes after it. fallback=True
+    (last_number=True is the old name): else the whole response when it is a bare answer,
+    else its last math span, else its last number."""
     try:
         text = _as_text(response)
         if text is None:
             return None
-        text = _sanitize(text[-TAIL_CHARS:])
-        found = _last_boxed(text) or _after_marker(text)
-        if found is None and last_number:
-            found = _last_number(text)
-        return found
+        text = _strip_chat(_sanitize(text[-TAIL_CHARS:]))
+        boxed, box_end = _last_boxed(text)
+        marked, pos = _after_marker(text)
+        if boxed is not None and (marked is None or pos < box_end or not
+                                  any(c.isdigit() or c in '\\$' for c in marked)):
+            return boxed
+        if marked is not None:
+            return marked
+        if not (fallback or last_number):
+            return None
+        if _is_bare(text):
+            return text.strip().strip('*').strip()
+        spans = [sp for sp in _math_spans(text) if sp[2].strip()]
+        if spans:
+            return spans[-1][2].strip()
+        return _last_number(text)
     except Exception:  # a reward function must not crash a training run
         return None
+
+
+def gold_text(gold):
+    """The gold answer in a gold field: after GSM8K's '####', the last box (or boxes joined
+    by connectives) of a whole solution, else the field itself."""
+    text = _as_text(gold)
+    if text is None:
+        return None
+    text = _sanitize(text[-TAIL_CHARS:])
+    if '####' in text:
+        return text.rsplit('####', 1)[1].strip()
+    if '\\boxed' in text or '\\fbox' in text:
+        boxed, _ = _last_boxed(text)
+        if boxed is not None:
+            return boxed
+    return text
 
 
 # -------------------------------------------------------------------- normalisation
@@ -292,11 +479,11 @@ _SPACING = {'left', 'right', 'big', 'Big', 'bigg', 'Bigg', 'bigl', 'bigr', 'Bigl
 _TEXT_CMDS = {'text', 'textbf', 'textit', 'textrm', 'textsf', 'texttt', 'textnormal', 'mathrm',
               'mathbf', 'mathit', 'mathsf', 'mbox', 'hbox', 'operatorname', 'boldsymbol', 'bm'}
 _RENAME = {'dfrac': '\\frac', 'tfrac': '\\frac', 'cfrac': '\\frac', 'dbinom': '\\binom',
-           'tbinom': '\\binom', 'cdot': '*', 'times': '*', 'ast': '*', 'div': '/',
+           'tbinom': '\\binom', 'lt': '<', 'gt': '>', 'cdot': '*', 'times': '*', 'ast': '*', 'div': '/',
            'leq': '\\le', 'leqslant': '\\le', 'geq': '\\ge', 'geqslant': '\\ge', 'neq': '\\ne',
            'lbrace': '\\{', 'rbrace': '\\}', 'circ': '', 'degree': '', 'prime': "'",
            'varnothing': '\\emptyset', 'lvert': '|', 'rvert': '|', 'vert': '|', 'colon': ':'}
-_SYMBOLS = {',': ' ', '!': ' ', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
+_SYMBOLS = {',': ' ', '!': '', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
 
 
 def _is_unit_text(t, spaced=False):
@@ -356,6 +543,9 @@ def _rewrite_commands(s):
             sym = s[i + 1:i + 2]
             out.append(_SYMBOLS.get(sym, '\\' + sym))
             i += 2
+            if sym == '!':  # "11,\! 111": a negative space joins what it stands between
+                while i < n and s[i] == ' ':
+                    i += 1
             continue
         i = j
         if name in _SPACING:
@@ -370,6 +560,10 @@ def _rewrite_commands(s):
             if end < 0:
                 continue
             spaced = bool(out) and out[-1].endswith(' ')  # "5\\,\\text{m}"
+            if seen_digit and s[k + 1:end].strip(' ~').lower() in _SCALES:
+                out.append(' ' + s[k + 1:end].strip(' ~').lower())  # "7 \text{ thousand}"
+                i = end + 1
+                continue
             if seen_digit and _is_unit_text(s[k + 1:end], spaced):
                 i = _skip_unit(s, end + 1, pairs)  # a unit after a number: drop it
                 continue
@@ -378,6 +572,56 @@ def _rewrite_commands(s):
             i = k + 1
         else:
             out.append(_RENAME.get(name, '\\' + name))
+    return ''.join(out)
+
+
+_SCALES = {'thousand': 1000, 'million': 10 ** 6, 'billion': 10 ** 9}
+
+
+def _scale_word(s):
+    """'7 thousand' -> '7000', '2.5 million' -> '2500000' (a number, then the word)."""
+    words = s.split()
+    if len(words) == 2 and words[1].lower() in _SCALES:
+        try:
+            v = Fraction(words[0].replace(',', '')) * _SCALES[words[1].lower()]
+        except (ValueError, ZeroDivisionError):
+            return s
+        return str(v.numerator) if v.denominator == 1 else s
+    return s
+
+
+def _repeating_decimals(s):
+    """0.\\overline{6} -> \\frac{2}{3}, 2.1\\overline{36} -> its fraction (exact)."""
+    k = s.find('\\overline{')
+    while k >= 0:
+        e = s.find('}', k)
+        rep = s[k + 10:e] if e > 0 else ''
+        j = k
+        while j > 0 and (s[j - 1].isdigit() or s[j - 1] == '.'):
+            j -= 1
+        head = s[j:k]
+        if not (_is_digits(rep) and head.count('.') == 1 and len(rep) <= 12 and len(head) <= 20
+                and _is_digits(head.replace('.', ''))):
+            k = s.find('\\overline{', k + 1)
+            continue
+        whole, _, frac = head.partition('.')
+        # x = whole.frac(rep)(rep)...: 10^len(frac) (10^len(rep) - 1) x is an integer
+        num = int((whole or '0') + frac + rep) - int((whole or '0') + frac)
+        den = (10 ** len(rep) - 1) * 10 ** len(frac)
+        v = Fraction(num, den)
+        s = s[:j] + '\\frac{%d}{%d}' % (v.numerator, v.denominator) + s[e + 1:]
+        k = s.find('\\overline{', j + 1)
+    return s
+
+
+def _brackets_commas(s):
+    """';' inside brackets separates coordinates ("(0;-2;6)"): make it ','."""
+    if ';' not in s:
+        return s
+    out, depth = [], 0
+    for ch in s:
+        depth += 1 if ch in '([' else -1 if ch in ')]' else 0
+        out.append(',' if ch == ';' and depth > 0 else ch)
     return ''.join(out)
 
 
@@ -486,20 +730,29 @@ def _canonical(s):
     if len(s) > 2 * MAX_ANSWER_CHARS:  # 1000 x '½' grows 11-fold
         raise _Unsupported('answer too long')
     s = _strip_wrappers(s)
+    for a, b in (('>=', '\\ge '), ('<=', '\\le '), ('!=', '\\ne '), ('=<', '\\le '),
+                 ('=>', '\\ge ')):
+        s = s.replace(a, b)
+    s = _repeating_decimals(s)
     for pat in ('^{\\circ}', '^\\circ', '{}^{\\circ}', '^{\\prime}', '^\\prime'):
         s = s.replace(pat, "'" if 'prime' in pat else '')
     s = _rewrite_commands(s)
     for a, b in (('^{}', ''), ('~', ' '), ('\n', ' '), ('\t', ' '), ('\r', ' '), ('$', ''),
-                 ('%', ''), (';', ','), ('{,}', ',')):
+                 ('%', ''), ('{,}', ',')):
         s = s.replace(a, b)
+    s = _brackets_commas(s)
     s = _replace_word(_replace_word(s, 'or', ','), 'and', ',')
-    s = _squeeze_spaces(_strip_plain_units(s.strip()))
-    s = s.strip().rstrip('.').strip(',')
+    s = _scale_word(_strip_plain_units(_scale_word(s.strip())))
+    spaced_comma = bool(s.count(', ')) and not s.strip().startswith(('(', '[', '\\{'))
+    s = _squeeze_spaces(s)
+    s = s.strip().rstrip('.').strip(',;')
     while s.endswith('\\\\'):
         s = s[:-2]
     if s.startswith('+'):
         s = s[1:]
-    s = _drop_thousands(_number_word(s))
+    s = _number_word(s)
+    if not spaced_comma:  # "21, 345" is a list of two numbers, "21,345" one number
+        s = _drop_thousands(s)
     return _mixed_numbers(s)
 
 
@@ -673,6 +926,19 @@ def _sqrt(x, n=2):
     return cmath.sqrt(x) if n == 2 else _pow(x, Fraction(1, n))
 
 
+def _binom(x, y):
+    """\\binom{n}{k} for an integer n, or n(n-1)...(n-k+1)/k! for an expression n."""
+    k = _integer(y)
+    if isinstance(x, Fraction) and x.denominator == 1 and x >= 0:
+        return Fraction(math.comb(_integer(x), k))
+    if k > 50:
+        raise _Unsupported('binomial too large')
+    v = Fraction(1)
+    for j in range(k):
+        v = v * (x - j) / (j + 1)
+    return v
+
+
 def _integer(x, lo=0, hi=1000):
     if isinstance(x, Fraction) and x.denominator == 1 and lo <= x <= hi:
         return int(x)
@@ -817,7 +1083,7 @@ class _Parser:
             a, b = self.group(), self.group()
             if name == 'frac':
                 return self.lift(operator.truediv, a, b)
-            return self.lift(lambda x, y: Fraction(math.comb(_integer(x), _integer(y))), a, b)
+            return self.lift(_binom, a, b)
         if name == 'sqrt':
             n = 2
             if self.peek('op', '['):
@@ -864,6 +1130,11 @@ def _evaluate(s):
     try:
         toks = _tokenize(s)
         names = sorted({t[1] for t in toks if t[0] == 'var'})
+        if names == ['j'] and all(toks[k - 1][0] == 'num' for k, t in enumerate(toks)
+                                  if t == ('var', 'j') and k > 0) and toks[0] != ('var', 'j') \
+                and not any(t == ('const', 1j) for t in toks):
+            toks = [('const', 1j) if t == ('var', 'j') else t for t in toks]  # 1-4j = 1-4i
+            names = []
         if len(names) > len(_SAMPLE[0]):
             return None
         k = N_POINTS if names else 1
@@ -914,9 +1185,24 @@ def _outer_pair(s):
 
 
 def _is_name(s):
-    """x, k, x_1, m_{\\max}, \\theta, f(x), y', (x, y): a left side that only names the answer."""
+    """x, k, x_1, m_{\\max}, \\theta, f(x), y', (x, y), PQ, |PQ|, S_{ABC}, V_1:V_2, \\frac{AM}{MC},
+    \\angle ABC: a left side that only names the answer."""
+    s = s.strip()
     if len(s) > 2 and s[0] == '(' and s[-1] == ')' and ',' in s:
         return all(_is_name(p.strip()) for p in s[1:-1].split(','))
+    if len(s) > 2 and s[0] == '|' and s[-1] == '|':
+        return _is_name(s[1:-1])
+    if ':' in s:
+        return all(_is_name(p) for p in s.split(':'))
+    for cmd in ('\\angle', '\\overline', '\\triangle', 'm\\angle'):
+        if s.startswith(cmd) and len(s) > len(cmd):
+            s = s[len(cmd):].strip().strip('{}')
+    if s.startswith('\\frac{'):
+        pairs = _match(s)
+        a = pairs.get(5, -1)
+        if a > 0 and s[a + 1:a + 2] == '{' and pairs.get(a + 1) == len(s) - 1:
+            return _is_name(s[6:a]) and _is_name(s[a + 2:-1])
+        return False
     if s[:1] == '\\':
         j = 1
         while j < len(s) and _is_letter(s[j]):
@@ -925,12 +1211,20 @@ def _is_name(s):
             return False
     elif s[:1] and _is_letter(s[0]):
         j = 1
+        while j < len(s) and j < 5 and 'A' <= s[j] <= 'Z' and 'A' <= s[0] <= 'Z':
+            j += 1  # a segment or figure named by its points: PQ, ABCD
     else:
         return False
     _, j = _read_name(s, 0, j, _match(s))
     if s[j:j + 1] == '(' and s.endswith(')') and '(' not in s[j + 1:-1]:
         j = len(s)
     return j == len(s)
+
+
+def _is_constant(s):
+    """Does s evaluate to a number (no free variables)?"""
+    v = _evaluate(s)
+    return v is not None and not v[0]
 
 
 def _leaf(s):
@@ -952,20 +1246,35 @@ def _precision(s):
     return unit / 2, len(digits), bool(e)
 
 
+_REALS = {'\\mathbb{R}', '\\mathbb R', '\\R', 'allrealnumbers', 'allreals', '\\mathbb{R}^1',
+          '(-\\infty,\\infty)'}
+_RELATIONS = (('\\le', '<='), ('\\ge', '>='), ('\\ne', '!='), ('<', '<'), ('>', '>'))
+
+
 def _analyse(s, depth=0):
-    """The structure of a canonical answer: nested ('list'|'seq'|'matrix'|'eq'|'leaf', ...)."""
+    """The structure of a canonical answer: nested ('list' | 'seq' | 'matrix' | 'eq' | 'rel'
+    | 'named' | 'alt' | 'leaf', ...)."""
     if depth > 8 or not s:
         return _leaf(s)
-    if '\\approx' in s:  # "x \approx 3.14": the value after the last approximation sign
-        return _analyse(s[s.rfind('\\approx') + 7:].strip(), depth + 1)
+    if '\\approx' in s:  # "x = 1/3 \approx 0.33": the exact value or its approximation
+        head, tail = s[:s.rfind('\\approx')].strip(), s[s.rfind('\\approx') + 7:].strip()
+        after = _analyse(tail, depth + 1)
+        if not head or _is_name(head):
+            return after
+        return ('alt', (_analyse(head.split('\\approx')[0].strip(), depth + 1), after))
+    parts = _split_top(s, ';')
+    if len(parts) > 1:  # "m=3,n=1;m=5,n=1": groups of named values are tuples
+        return _collection(parts, depth, groups=True)
     parts = _split_top(s, ',')
     if len(parts) > 1:
         return _collection(parts, depth)
     parts = _split_top(s, '\\cup')
     if len(parts) > 1:
         return _collection(parts, depth)
-    if s.startswith('\\begin{') and s.endswith('matrix}'):
-        return _matrix(s, depth)
+    if '\\begin{' in s:
+        node = _matrix_expression(s, depth)
+        if node is not None:
+            return node
     pair = _outer_pair(s)
     if pair and (pair[0] == '\\{' or len(_split_top(pair[2], ',')) > 1):
         items = _split_top(pair[2], ',')
@@ -973,40 +1282,226 @@ def _analyse(s, depth=0):
             return _collection(items, depth)
         if len(items) <= MAX_ITEMS:
             return ('seq', pair[0] + pair[1], tuple(_analyse(x.strip(), depth + 1) for x in items))
+    if s[0] == '{' and _match(s).get(0) == len(s) - 1:  # "{1, 4, 6}": braces only group
+        return _analyse(s[1:-1].strip(), depth + 1)
+    parts, ops = _split_relations(s)
+    if ops and '=' not in s:
+        return _relation(s, parts, ops, depth)
     sides = _split_top(s, '=')
-    if len(sides) >= 3 or (len(sides) == 2 and _is_name(sides[0].strip())):
+    if len(sides) >= 3:  # a chain of steps: its last part is the result
         return _analyse(sides[-1].strip(), depth + 1)
     if len(sides) == 2:
-        return ('eq', s, _evaluate('(' + sides[0] + ')-(' + sides[1] + ')'))
+        left, right = sides[0].strip(), sides[1].strip()
+        eq = ('eq', s, _evaluate('(' + left + ')-(' + right + ')'))
+        if _is_name(left):
+            return ('named', _analyse(right, depth + 1), eq, left)
+        if _is_name(right) and _is_constant(left):  # "3 = x"
+            return ('named', _analyse(left, depth + 1), eq, right)
+        if _is_constant(left) and _is_constant(right):  # "\frac12 = \frac{10}{9}": a step
+            return _analyse(right, depth + 1)
+        return eq
     k = s.find('\\in')
     if k > 0 and not _is_letter(s[k + 3:k + 4]) and _is_name(s[:k].strip()):
         return _analyse(s[k + 3:].strip(), depth + 1)
     if s.count('\\pm') == 1 or s.count('\\mp') == 1:
         cmd = '\\pm' if '\\pm' in s else '\\mp'
         return ('list', (_leaf(s.replace(cmd, '+')), _leaf(s.replace(cmd, '-'))))
+    if s in _REALS:
+        return _analyse('(-\\infty,\\infty)', depth + 1) if s != '(-\\infty,\\infty)' else _leaf(s)
     return _leaf(s)
 
 
-def _collection(parts, depth):
-    """An unordered list; items that are themselves \\pm-lists are spliced in."""
+def _split_relations(s):
+    """Parts and operators ('<', '<=', '>', '>=', '!=') of a relation at the top level."""
+    parts, ops, depth, last, i = [], [], 0, 0, 0
+    while i < len(s):
+        ch = s[i]
+        if ch in '([{':
+            depth += 1
+        elif ch in ')]}':
+            depth -= 1
+        elif depth == 0:
+            for tok, op in _RELATIONS:
+                if s.startswith(tok, i) and not (tok[0] == '\\' and _is_letter(s[i + len(tok):i + len(tok) + 1])):
+                    parts.append(s[last:i].strip())
+                    ops.append(op)
+                    i += len(tok)
+                    last = i
+                    break
+            else:
+                i += 1
+            continue
+        i += 1
+    parts.append(s[last:].strip())
+    return parts, ops
+
+
+def _relation(s, parts, ops, depth):
+    """('rel', text, interval, inequality). An inequality a < b is kept as (a - b, '<')
+    so that flipped, negated and scaled forms compare equal; a variable bounded by
+    constants (x >= 3, -2 < x <= 5, 1 <= |z| <= 2, x != 1) also gets its interval."""
+    if not all(parts) or len(ops) > 2:
+        return ('rel', s, None, None)
+    if ops[0] == '!=':
+        if len(ops) > 1:
+            return ('rel', s, None, None)
+        ineq = (_evaluate('(' + parts[0] + ')-(' + parts[1] + ')'), '!=')
+        a, b = parts
+        if _is_name(b) and _is_constant(a):
+            a, b = b, a
+        interval = None
+        if _is_name(a) and _is_constant(b):
+            interval = _analyse('(-\\infty,%s)\\cup(%s,\\infty)' % (b, b), depth + 1)
+        return ('rel', s, interval, ineq)
+    up = [op in ('<', '<=') for op in ops]
+    if len(set(up)) > 1:
+        return ('rel', s, None, None)
+    if not up[0]:  # a > b > c is c < b < a
+        parts, ops = parts[::-1], [op.replace('>', '<') for op in ops[::-1]]
+    if len(ops) == 1:
+        a, b = parts
+        ineq = (_evaluate('(' + a + ')-(' + b + ')'), ops[0])
+        interval = None
+        if _is_name(a) and _is_constant(b):
+            interval = '(-\\infty,%s%s' % (b, ']' if ops[0] == '<=' else ')')
+        elif _is_name(b) and _is_constant(a):
+            interval = '%s%s,\\infty)' % ('[' if ops[0] == '<=' else '(', a)
+        return ('rel', s, interval and _analyse(interval, depth + 1), ineq)
+    lo, mid, hi = parts
+    if not (_is_constant(lo) and _is_constant(hi)):
+        return ('rel', s, None, None)
+    left = '[' if ops[0] == '<=' else '('
+    right = ']' if ops[1] == '<=' else ')'
+    if len(mid) > 2 and mid[0] == '|' and mid[-1] == '|' and _is_name(mid[1:-1]):
+        # lo <= |z| <= hi: z in [-hi, -lo] or [lo, hi]
+        text = '%s-(%s),-(%s)%s\\cup%s%s,%s%s' % ('[' if right == ']' else '(', hi, lo,
+                                                 ']' if left == '[' else ')', left, lo, hi, right)
+        return ('rel', s, _analyse(text, depth + 1), None)
+    if _is_name(mid):
+        return ('rel', s, _analyse('%s%s,%s%s' % (left, lo, hi, right), depth + 1), None)
+    return ('rel', s, None, None)
+
+
+def _collection(parts, depth, groups=False):
+    """An unordered list; items that are themselves \\pm-lists are spliced in. With groups
+    (parts between ';'), a part that lists named values ("m=3,n=1") is the tuple (3, 1)."""
     if len(parts) > MAX_ITEMS:
         raise _Unsupported('too many items')
     items = []
     for p in (p for p in parts if p.strip()):  # "3, 5, and 7" leaves an empty item
         node = _analyse(p.strip(), depth + 1)
+        if groups and node[0] == 'list' and all(x[0] == 'named' for x in node[1]):
+            node = ('seq', '()', tuple(x[1] for x in node[1]))
+        if node[0] == 'named' and node[1][0] == 'list':  # "x = \frac{-1 \pm \sqrt{13}}{4}"
+            node = node[1]
         items.extend(node[1] if node[0] == 'list' else (node,))
     return ('list', tuple(items))
+
+
+_MATRIX_ENVS = ('pmatrix', 'bmatrix', 'matrix', 'Bmatrix', 'vmatrix', 'smallmatrix', 'array')
 
 
 def _matrix(s, depth):
     env = s[len('\\begin{'):s.find('}')]
     body = s[s.find('}') + 1:s.rfind('\\end{')]
+    if env == 'array' and body.startswith('{'):  # \begin{array}{cc}: drop the column spec
+        body = body[body.find('}') + 1:]
     rows = [r for r in _split_top(body, '\\\\') if r.strip()]
     cells = [_split_top(r, '&') for r in rows]
-    if env not in ('pmatrix', 'bmatrix', 'matrix', 'Bmatrix', 'smallmatrix') or \
-            sum(len(r) for r in cells) > MAX_ITEMS:
+    if env not in _MATRIX_ENVS or env == 'vmatrix' or sum(len(r) for r in cells) > MAX_ITEMS:
         return _leaf(s)
     return ('matrix', tuple(tuple(_analyse(c.strip(), depth + 1) for c in r) for r in cells))
+
+
+def _matrix_blocks(s):
+    """[(start, end)] of the top-level \\begin{..}...\\end{..} blocks of s."""
+    blocks, i = [], 0
+    while len(blocks) < 8:
+        k = s.find('\\begin{', i)
+        if k < 0:
+            return blocks
+        env = s[k + 7:s.find('}', k)]
+        tail = '\\end{' + env + '}'
+        e = s.find(tail, k)
+        if env not in _MATRIX_ENVS or e < 0:
+            return None
+        blocks.append((k, e + len(tail)))
+        i = e + len(tail)
+    return None
+
+
+def _matrix_expression(s, depth):
+    """A matrix, (matrix), [array], or a sum / product / scalar multiple of numeric
+    matrices, evaluated cell by cell; None if s is not one."""
+    blocks = _matrix_blocks(s)
+    if not blocks:
+        return None
+    outside = s[:blocks[0][0]] + s[blocks[-1][1]:]
+    if len(blocks) == 1 and outside in ('', '()', '[]'):
+        return _matrix(s[blocks[0][0]:blocks[0][1]], depth)
+    if s[:1] in '([' and s[-1:] in ')]' and len(blocks) == 1:
+        return None
+    # terms: [sign, scalar text, [matrices]]
+    terms, scalar, sign = [], s[:blocks[0][0]].strip(), 1
+    if scalar.startswith('-'):
+        sign, scalar = -1, scalar[1:].strip()
+    current = [sign, scalar.rstrip('*').strip(), []]
+    for n, (a, b) in enumerate(blocks):
+        m = _matrix(s[a:b], depth)
+        if m[0] != 'matrix':
+            return None
+        current[2].append(m)
+        gap = s[b:blocks[n + 1][0]].strip() if n + 1 < len(blocks) else s[b:].strip()
+        if n + 1 == len(blocks):
+            if gap:
+                return None
+        elif gap in ('+', '-'):
+            terms.append(current)
+            current = [1 if gap == '+' else -1, '', []]
+        elif gap not in ('', '*'):
+            return None
+    terms.append(current)
+    total = None
+    for sign, scalar, mats in terms:
+        k = Fraction(sign)
+        if scalar:
+            v = _evaluate(scalar)
+            if v is None or v[0]:
+                return None
+            k = k * v[1][0] if isinstance(v[1][0], Fraction) else complex(k) * v[1][0]
+        value = _matrix_values(mats[0])
+        for m in mats[1:]:
+            value = _matrix_product(value, _matrix_values(m))
+        if value is None:
+            return None
+        value = [[k * x for x in row] for row in value]
+        if total is None:
+            total = value
+        elif len(total) != len(value) or any(len(r) != len(q) for r, q in zip(total, value)):
+            return None
+        else:
+            total = [[x + y for x, y in zip(r, q)] for r, q in zip(total, value)]
+    return ('matrix', tuple(tuple(('leaf', '#value', ((), (_checked(x),)), None) for x in row)
+                            for row in total))
+
+
+def _matrix_values(m):
+    """The numbers of a matrix node's cells, or None if one is not a number."""
+    if m is None:
+        return None
+    rows = []
+    for row in m[1]:
+        if any(c[0] != 'leaf' or c[2] is None or c[2][0] for c in row):
+            return None
+        rows.append([c[2][1][0] for c in row])
+    return rows
+
+
+def _matrix_product(a, b):
+    if a is None or b is None or any(len(r) != len(b) for r in a):
+        return None
+    return [[sum((a[i][k] * b[k][j] for k in range(len(b))), Fraction(0))
+             for j in range(len(b[0]))] for i in range(len(a))]
 
 
 # --------------------------------------------------------------------- comparison
@@ -1020,16 +1515,38 @@ def _close(p, g, tol=None):
     return d <= REL_TOL * max(abs(complex(p)), abs(complex(g))) + 1e-15
 
 
+def _repeats(g):
+    """Is the gold a rational whose decimal expansion never ends (1/7, 5/6)?"""
+    return all(isinstance(x, Fraction) and x.denominator // (
+        2 ** _twos(x.denominator) * 5 ** _fives(x.denominator)) > 1 for x in g[2][1])
+
+
+def _twos(n):
+    return (n & -n).bit_length() - 1
+
+
+def _fives(n):
+    k = 0
+    while n % 5 == 0 and k < 64:
+        n, k = n // 5, k + 1
+    return k
+
+
 def _rounding(p, g):
-    """The allowance for a gold written in e-notation (4.5e33): half its last digit, or
-    half the prediction's last digit when the prediction is that gold rounded further."""
+    """The allowance for a rounded value: a gold in e-notation (4.5e33) or with at least
+    LONG_DECIMAL significant digits (4.123105625618 for sqrt 17) stands for whatever
+    rounds to it, half its last digit (or half the prediction's last digit when the
+    prediction is that gold rounded further); a prediction with at least LONG_DECIMAL
+    significant digits may round a gold whose decimal never ends (0.8333333333 for 5/6)."""
     gp, pp = g[3], p[3]
-    if not gp or not gp[2]:
-        return None
-    tol = gp[0]
-    if pp and 2 <= pp[1] < gp[1]:
-        tol = max(tol, pp[0])
-    return tol
+    if gp and (gp[2] or gp[1] >= LONG_DECIMAL):
+        tol = gp[0]
+        if pp and 2 <= pp[1] < gp[1] and gp[2]:
+            tol = max(tol, pp[0])
+        return tol
+    if pp and not pp[2] and pp[1] >= LONG_DECIMAL and g[2] is not None and _repeats(g):
+        return pp[0]
+    return None
 
 
 def _choice(s, prefix_ok):
@@ -1070,26 +1587,50 @@ def _same_leaf(p, g, percent):
     return any(all(_close(a, b, tol) for a, b in zip(p[2][1], t)) for t in targets)
 
 
-def _same_equation(p, g):
-    """Equations are equal when (lhs - rhs) of one is a nonzero multiple of the other's."""
-    if p[2] is None or g[2] is None or p[2][0] != g[2][0]:
-        return p[1] == g[1]
+def _ratio(pv, gv):
+    """The constant c with p = c g at every sample point, or None."""
     ratio = None
-    for a, b in zip(p[2][1], g[2][1]):
+    for a, b in zip(pv, gv):
         a, b = complex(a), complex(b)
         if abs(b) < 1e-12 or abs(a) < 1e-12:
             if abs(a) >= 1e-12 or abs(b) >= 1e-12:
-                return False
+                return None
             continue
         if ratio is None:
             ratio = a / b
         elif abs(a / b - ratio) > 1e-8 * abs(ratio):
-            return False
-    return ratio is not None or p[1] == g[1]
+            return None
+    return ratio
+
+
+def _same_equation(p, g):
+    """Equations are equal when (lhs - rhs) of one is a nonzero multiple of the other's."""
+    if p[2] is None or g[2] is None or p[2][0] != g[2][0]:
+        return p[1] == g[1]
+    return _ratio(p[2][1], g[2][1]) is not None or p[1] == g[1]
+
+
+def _same_relation(p, g, percent):
+    """Inequalities a < b are equal when (a - b) of one is a positive multiple of the
+    other's (any nonzero multiple for !=); else compare their intervals, else the text."""
+    pi, gi = p[3], g[3]
+    if pi and gi and pi[1] == gi[1] and pi[0] and gi[0] and pi[0][0] and pi[0][0] == gi[0][0]:
+        r = _ratio(pi[0][1], gi[0][1])
+        if r is not None and (pi[1] == '!=' or (abs(r.imag) < 1e-9 and r.real > 0)):
+            return True
+    if p[2] is not None and g[2] is not None:
+        return _same(p[2], g[2], percent)
+    return p[1] == g[1]
 
 
 def _same_items(ps, gs, percent):
-    """One-to-one matching, order free."""
+    """One-to-one matching, order free; a tuple the prediction repeats counts once."""
+    if len(ps) > len(gs):
+        unique = []
+        for p in ps:
+            if not (p[0] == 'seq' and any(_same(p, q, percent) for q in unique)):
+                unique.append(p)
+        ps = unique
     if len(ps) != len(gs):
         return False
     used = [False] * len(ps)
@@ -1116,6 +1657,34 @@ def _same(p, g, percent):
         p = p[1][0]
     if g[0] == 'list' and len(g[1]) == 1:
         g = g[1][0]
+    if p[0] == 'alt':  # "x = 1/3 \approx 0.33": either form
+        return any(_same(x, g, percent) for x in p[1])
+    if g[0] == 'alt':
+        return any(_same(p, x, percent) for x in g[1])
+    if p[0] == 'named' and g[0] == 'eq':  # "y = 2x - 1" against "4x - 2y - 2 = 0"
+        return _same_equation(p[2], g)
+    if g[0] == 'named' and p[0] == 'eq':
+        return _same_equation(p, g[2])
+    if p[0] == 'named':
+        return _same(p[1], g, percent)
+    if p[0] == 'list' and g[0] == 'list' and _names(p) and _names(p) == _names(g):
+        # "a_{12} = 7, a_2 = 5" against "a_2 = 5, a_{12} = 7": match by name
+        by_name = {x[3]: x for x in p[1]}
+        return all(_same(by_name[x[3]][1], x[1], percent) for x in g[1])
+    if g[0] == 'named':
+        return _same(p, g[1], percent)
+    if g[0] == 'rel':  # a gold inequality accepts its interval; the reverse is refused
+        if p[0] == 'rel':
+            return _same_relation(p, g, percent)
+        return g[2] is not None and _same(p, g[2], percent)
+    if p[0] == 'rel':
+        return False
+    if p[0] == 'list' and g[0] == 'seq' and g[1] == '()':  # "1, 2" against "(1, 2)": in order
+        p = ('seq', '()', p[1])
+    if g[0] == 'list' and p[0] == 'seq' and p[1] == '()':
+        g = ('seq', '()', g[1])
+    if p[0] == 'matrix' and g[0] == 'matrix':
+        p, g = _as_vector(p), _as_vector(g)
     if p[0] == 'matrix' and g[0] == 'seq':
         p = _as_vector(p)
     if g[0] == 'matrix' and p[0] == 'seq':
@@ -1136,8 +1705,14 @@ def _same(p, g, percent):
         for a, b in zip(p[1], g[1]))
 
 
+def _names(node):
+    """The names of a list whose items all name their value, each once; else None."""
+    names = [x[3] if x[0] == 'named' else None for x in node[1]]
+    return set(names) if None not in names and len(set(names)) == len(names) else None
+
+
 def _has_percent(s):
-    return '%' in s or 'percent' in s.lower()
+    return '%' in s or 'percent' in s.lower() or 'pct' in s.lower()
 
 
 def is_equivalent(pred, gold):
@@ -1164,11 +1739,13 @@ def is_equivalent(pred, gold):
         return False
 
 
-def score(response, gold, last_number=False):
-    """1.0 if the response's final answer matches gold, else 0.0. Never raises."""
+def score(response, gold, fallback=False, last_number=False):
+    """1.0 if the response's final answer matches gold, else 0.0. Never raises.
+    fallback=True (or its old name last_number=True): see extract_answer."""
     try:
-        answer = extract_answer(response, last_number)
-        return 1.0 if answer is not None and is_equivalent(answer, gold) else 0.0
+        answer = extract_answer(response, fallback, last_number)
+        gold = gold_text(gold)
+        return 1.0 if answer is not None and gold is not None and is_equivalent(answer, gold) else 0.0
     except Exception:
         return 0.0
 

@@ -29,11 +29,14 @@ if not os.path.isdir(DATA):
 
 
 def load_tests():
-    """The case tables of tests/test_verifier.py (no pytest run)."""
+    """The case tables of tests/test_verifier.py and tests/verifier_cases.py (no pytest run)."""
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))
     path = os.path.join(ROOT, 'tests', 'test_verifier.py')
     spec = importlib.util.spec_from_file_location('test_verifier_tables', path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    import verifier_cases
+    mod.CASES = verifier_cases
     return mod
 
 
@@ -105,80 +108,94 @@ def bench_hostile(hostile):
           % (n, total, n / total, 1e3 * slowest[0], slowest[1]))
 
 
-def math_verify_equal(mv, pred_text, gold):
+def math_verify_scorer():
+    """math-verify as verl configures it: gold parsed from \\boxed{gold} with LaTeX
+    extraction, the prediction with expression and LaTeX extraction; None if absent."""
     try:
-        g = mv.parse('$' + gold + '$')
-        p = mv.parse(pred_text)
-        return bool(mv.verify(g, p))
-    except Exception:
-        return False
-
-
-def bench_math_verify(tests, golds, limit):
-    try:
-        import math_verify as mv
+        from math_verify.metric import math_metric
+        from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
     except ImportError:
-        print('math-verify is not installed: no outside reference')
-        return
-    # Labelled pairs: accuracy of each checker against the labels of the test table.
-    labelled = [('\\boxed{%s}' % p, g, e) for p, g, e in tests.EQUIV]
-    labelled += [(r, g, bool(e)) for r, g, e in tests.RESPONSES if r]
-    ours_right = mv_right = 0
-    rows = []
-    t_mv = t_ours = 0.0
-    for resp, gold, expected in labelled:
-        a, dt = timed(V.score, resp, gold)
-        t_ours += dt
-        b, dt = timed(math_verify_equal, mv, resp, gold)
-        t_mv += dt
-        ours_right += bool(a) == expected
-        mv_right += b == expected
-        if bool(a) != b:
-            rows.append((expected, bool(a), b, resp, gold))
-    n = len(labelled)
-    print('labelled table (%d pairs): ours right on %d, math-verify right on %d; '
-          'disagree on %d (ours %.2f ms/case, math-verify %.2f ms/case)'
-          % (n, ours_right, mv_right, len(rows), 1e3 * t_ours / n, 1e3 * t_mv / n))
-    print('  %-5s %-5s %-5s  %-40s %s' % ('label', 'ours', 'mv', 'response (tail)', 'gold'))
-    for e, a, b, r, g in rows[:40]:
-        print('  %-5s %-5s %-5s  %-40r %r' % (e, a, b, r[-40:], g[:30]))
-    # Unlabelled pairs: dataset golds (GSM8K's plain integers left out, the rest sampled
-    # evenly) vs rewritten forms that should match and near misses that should not.
-    golds = [(n, g) for n, g in golds if not n.startswith('gsm8k')]
-    golds = golds[::max(1, 6 * len(golds) // max(limit, 1))]
-    right = [('\\boxed{%s}' % t if not r else t, g, label) for _, g in golds
-             for label, t, r in rewrites(g) if label in ('boxed', 'spaces', 'dfrac')]
-    wrong = [('\\boxed{%s}' % t, g, label) for _, g in golds for label, t in wrong_forms(g)]
-    for title, pairs, want in (('correct rewrites', right, True), ('near misses', wrong, False)):
-        both = only_ours = only_mv = neither = 0
-        odd = []
-        for resp, gold, label in pairs:
-            a, b = V.score(resp, gold) == 1.0, math_verify_equal(mv, resp, gold)
-            both += a and b
-            only_ours += a and not b
-            only_mv += b and not a
-            neither += not a and not b
-            if a != b:
-                odd.append((label, a, b, resp, gold))
-        print('dataset golds vs %s (%d pairs, want %s): both accept %d, only ours %d, '
-              'only math-verify %d, neither %d' % (title, len(pairs), want, both, only_ours,
-                                                  only_mv, neither))
-        for label, a, b, r, g in odd[:12]:
-            print('  %-7s ours=%-5s mv=%-5s %r vs gold %r' % (label, a, b, r[-40:], g[:40]))
+        return None
+    verify = math_metric(gold_extraction_target=(LatexExtractionConfig(),),
+                         pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig()))
+
+    def score(response, gold):
+        try:
+            return float(verify(['\\boxed{' + gold + '}'], [response])[0])
+        except BaseException:  # its timeouts raise outside Exception
+            return 0.0
+    return score
+
+
+def labelled_table(tests):
+    """(response, gold, expected, source) of every labelled case we keep."""
+    table = [('Reasoning...\nSo the answer is $\\boxed{%s}$.' % p, g, e, 'ours')
+             for p, g, e in tests.EQUIV]
+    table += [(r, g, bool(e), 'ours') for r, g, e in tests.RESPONSES]
+    table += list(tests.CASES.CASES) + tests.CASES.dataset_cases(DATA)
+    return table
+
+
+def grade(fn, table):
+    """Right / false accepts / false rejects / per-source counts / times of one checker."""
+    out = {'right': 0, 'fa': 0, 'fr': 0, 'times': [], 'wrong': [], 'by_source': {}}
+    for resp, gold, expected, source in table:
+        t = time.perf_counter()
+        got = fn(resp, gold) == 1.0
+        out['times'].append(time.perf_counter() - t)
+        ok = got == expected
+        out['right'] += ok
+        out['fa'] += got and not expected
+        out['fr'] += expected and not got
+        n, r = out['by_source'].get(source, (0, 0))
+        out['by_source'][source] = (n + 1, r + ok)
+        if not ok:
+            out['wrong'].append((expected, resp, gold, source))
+    return out
+
+
+def report(name, res, n):
+    times = sorted(res['times'])
+    print('  %-12s right %4d/%d = %5.1f%%  false accepts %3d  false rejects %3d  '
+          'mean %.3f ms  p99 %.2f ms  worst %.2f ms'
+          % (name, res['right'], n, 100.0 * res['right'] / n, res['fa'], res['fr'],
+             1e3 * sum(times) / n, 1e3 * times[int(0.99 * (n - 1))], 1e3 * times[-1]))
+    print('    by source: ' + ', '.join('%s %d/%d' % (s, r, k) for s, (k, r)
+                                         in sorted(res['by_source'].items())))
+
+
+def bench_table(tests, show):
+    table = labelled_table(tests)
+    n = len(table)
+    print('labelled table: %d cases (%s)' % (n, ', '.join(
+        '%s %d' % (s, sum(1 for c in table if c[3] == s))
+        for s in sorted({c[3] for c in table}))))
+    ours = grade(lambda r, g: V.score(r, g, fallback=True), table)
+    report('ours', ours, n)
+    mv = math_verify_scorer()
+    if mv is None:
+        print('  math-verify is not installed (pip install -r requirements-bench.txt)')
+    else:
+        report('math-verify', grade(mv, table), n)
+    for e, r, g, src in ours['wrong'][:show]:
+        print('    ours wrong (label %s, %s): %r vs gold %r' % (e, src, r[-70:], g[:40]))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--mv-limit', type=int, default=3000, help='dataset pairs given to math-verify')
+    ap.add_argument('--show', type=int, default=30, help='our wrong cases to print')
+    ap.add_argument('--table-only', action='store_true', help='skip the speed runs')
     args = ap.parse_args()
     tests = load_tests()
+    bench_table(tests, args.show)
+    if args.table_only:
+        return
     golds = dataset_golds()
     if golds:
         bench_datasets(golds)
     else:
         print('no datasets under', DATA)
     bench_hostile(tests.HOSTILE)
-    bench_math_verify(tests, golds, args.mv_limit)
 
 
 if __name__ == '__main__':

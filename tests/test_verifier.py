@@ -8,6 +8,7 @@ import os
 import pytest
 
 import verifier as V
+from verifier_cases import CASES, dataset_cases
 
 B = '\\'  # keeps the LaTeX below readable: B + 'frac' == r'\frac'
 
@@ -26,7 +27,7 @@ EQUIV = [
     (r'\frac{1}{2}', '0.5', True), ('0.5', r'\frac{1}{2}', True), (r'\frac12', r'\frac{1}{2}', True),
     (r'\dfrac{3}{4}', r'\frac{3}{4}', True), (r'\tfrac34', '0.75', True), ('3/4', '0.75', True),
     ('0.75', r'\frac 34', True), ('.75', '0.75', True), ('0.33', r'\frac{1}{3}', False),
-    (r'\frac{1}{3}', '0.33', False), ('0.333', r'\frac13', False), ('0.3333333333', '1/3', False),
+    (r'\frac{1}{3}', '0.33', False), ('0.333', r'\frac13', False), ('0.3333333333', '1/3', True), ('0.333333333', '1/3', False),
     (r'\frac{2}{4}', r'\frac{1}{2}', True), (r'\frac{9}{19}', r'\frac9{19}', True),
     (r'\frac{270}{7}', r'\frac{270}7\text{ degrees}', True), ('38.57', r'\frac{270}7', False),
     (r'-\frac{3}{8}', '-0.375', True), (r'\frac{-3}{8}', r'-\frac{3}{8}', True),
@@ -184,7 +185,6 @@ RESPONSES = [
     ('The solutions are $\\boxed{2}$ and $\\boxed{-3}$.', '-3, 2', 1.0),
     ('Hence $\\boxed{5}$.\n\n**Final Answer**\n$\\boxed{5}$', '5', 1.0),
     ('$\\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.', '\\frac{639}{40}', 1.0),
-    ('No final answer here, just 17 apples.', '17', 0.0),
     ('', '0', 0.0),
     ('\\boxed{}', '0', 0.0),
     ('so the answer is \\boxed{3} and then \\boxed{4', '3', 1.0),
@@ -221,6 +221,28 @@ def test_response_table(response, gold, expected):
     assert V.score(response, gold) == expected
 
 
+@pytest.mark.parametrize('response,gold,expected,source', CASES, ids=range(len(CASES)))
+def test_case_table(response, gold, expected, source):
+    assert V.score(response, gold, fallback=True) == float(expected)
+    assert V.score(response, gold, last_number=True) == float(expected)  # the old name
+
+
+def test_case_table_has_near_misses_for_its_rules():
+    assert len(CASES) >= 300
+    assert sum(not e for _, _, e, _ in CASES) >= 100
+    assert {s for _, _, _, s in CASES} == {'mv', 'qwen', 'verl', 'model', 'gold', 'safety'}
+    assert all(not e for _, _, e, s in CASES if s == 'safety')
+
+
+def test_strict_mode_needs_a_box_or_a_marker():
+    for response in ('$\\frac27$', 'so it is 7', '$t \\geq 4$', 'Thus $x = 3$.'):
+        assert V.extract_answer(response) is None
+        assert V.extract_answer(response, fallback=True) is not None
+    assert V.extract_answer('$\\frac{2}{7}$', fallback=True) == '$\\frac{2}{7}$'
+    assert V.extract_answer('so we get $t \\geq 4$ here', fallback=True) == 't \\geq 4'
+    assert V.extract_answer('It costs 30 dollars.', fallback=True) == '30'
+
+
 def test_extraction():
     assert V.extract_answer('x \\boxed{\\frac{1}{\\sqrt{2}}} y') == '\\frac{1}{\\sqrt{2}}'
     assert V.extract_answer('no answer') is None
@@ -230,6 +252,8 @@ def test_extraction():
     assert V.extract_answer('went down to -12.5 degrees', last_number=True) == '-12.5'
     assert V.extract_answer('a ratio of 3/4', last_number=True) == '3/4'
     assert V.score('we get 17 apples', '17') == 0.0
+    assert V.score('No final answer here, just 17 apples.', '17') == 0.0
+    assert V.score('No final answer here, just 17 apples.', '17', fallback=True) == 1.0
     assert V.score('we get 17 apples', '17', last_number=True) == 1.0
     assert V.extract_answer('\\boxed{1} and \\boxed{2}') == '1, 2'
 
@@ -307,6 +331,14 @@ def _records():
         with open(path, encoding='utf-8') as f:
             for lineno, line in enumerate(f, 1):
                 yield os.path.basename(path), lineno, json.loads(line)
+
+
+@pytest.mark.skipif(not glob.glob(os.path.join(DATA, '*.jsonl')), reason='no ../shared/datasets')
+def test_dataset_case_table():
+    cases = dataset_cases(DATA)
+    assert len(cases) + len(CASES) + len(EQUIV) + len(RESPONSES) >= 1000
+    bad = [(r[-60:], g, e) for r, g, e, _ in cases if V.score(r, g, fallback=True) != float(e)]
+    assert not bad, bad[:20]
 
 
 @pytest.mark.skipif(not glob.glob(os.path.join(DATA, '*.jsonl')), reason='no ../shared/datasets')
