@@ -96,7 +96,36 @@ def _as_text(x):
 def _sanitize(text):
     # Model output may hold NUL bytes or lone surrogates (bytes decoded with
     # surrogateescape): drop NULs, turn anything UTF-8 cannot encode into '?'.
-    return text.replace('\x00', '').encode('utf-8', 'replace').decode('utf-8')
+    text = text.replace('\x00', '').encode('utf-8', 'replace').decode('utf-8')
+    return _unescape(text) if '\\\\' in text else text
+
+
+def _unescape(text):
+    """LaTeX escaped once more (a JSON or Python string written out: "\\\\frac{1}{2}"):
+    when every command's backslashes come in pairs, halve every run of backslashes."""
+    runs, i = [], text.find('\\')
+    while i >= 0 and len(runs) < 100_000:
+        j = i
+        while j < len(text) and text[j] == '\\':
+            j += 1
+        if j < len(text) and _is_letter(text[j]):
+            if (j - i) % 2:
+                return text  # a single-backslash command: the text is not escaped
+            runs.append(i)
+        i = text.find('\\', j)
+    if not runs:
+        return text
+    out, i = [], 0
+    while True:
+        k = text.find('\\', i)
+        if k < 0:
+            out.append(text[i:])
+            return ''.join(out)
+        j = k
+        while j < len(text) and text[j] == '\\':
+            j += 1
+        out.append(text[i:k] + '\\' * ((j - k + 1) // 2))
+        i = j
 
 
 def _is_letter(ch):
@@ -394,10 +423,13 @@ def extract_answer(response, fallback=False, last_number=False):
             return None
         if _is_bare(text):
             return text.strip().strip('*').strip()
+        # the last math span or the last number after it, whichever comes later
+        # ("... the error increases by 100%.")
         spans = [sp for sp in _math_spans(text) if sp[2].strip()]
-        if spans:
+        if spans and not any(c.isdigit() for c in text[spans[-1][1]:]):
             return spans[-1][2].strip()
-        return _last_number(text)
+        number = _last_number(text[spans[-1][1]:] if spans else text)
+        return number if number is not None or not spans else spans[-1][2].strip()
     except Exception:  # a reward function must not crash a training run
         return None
 
@@ -415,6 +447,10 @@ def gold_text(gold):
         boxed, _ = _last_boxed(text)
         if boxed is not None:
             return boxed
+    if not _is_bare(text.replace('$', ' ')):  # a gold written as a response
+        marked, _ = _after_marker(text)
+        if marked is not None:
+            return marked
     return text
 
 
@@ -738,7 +774,7 @@ def _canonical(s):
         s = s.replace(pat, "'" if 'prime' in pat else '')
     s = _rewrite_commands(s)
     for a, b in (('^{}', ''), ('~', ' '), ('\n', ' '), ('\t', ' '), ('\r', ' '), ('$', ''),
-                 ('%', ''), ('{,}', ',')):
+                 ('%', ''), ('{,}', ','), ('{, }', ',')):
         s = s.replace(a, b)
     s = _brackets_commas(s)
     s = _replace_word(_replace_word(s, 'or', ','), 'and', ',')
