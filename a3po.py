@@ -1,177 +1,206 @@
 """A3PO: Adaptive and Asymmetric token-level advantage shaping for Policy Optimization.
 
 A from-scratch, single-file reference of "Rethinking Sample Polarity in Reinforcement
-Learning with Verifiable Rewards" (arXiv 2512.21625). See ../shared/A3PO_SPEC.md.
-"""
+Learning with Verifiable Rewards" (arXiv 2512.21625), with its baselines GRPO, DAPO, PSR,
+NSR and W-REINFORCE. docs/method.md describes the method with every default; its section
+numbers are the [method N] tags of `python a3po.py --help` and of the comments below.
 
-# ============================== MATH (spec sections 1-4, 7) ==============================
-# The algorithm, in the order it runs on one batch:
-#   Config / PRESETS            which variant (A3PO or a baseline) and its constants
-#   compute_advantages          rewards [B] -> one advantage per response        (spec 1, 2)
-#   shape_advantages            advantage [B] -> one advantage per token [B, T]  (spec 2, 3)
-#   token_logprobs              hidden states -> log pi(token), entropy          (spec 7)
-#   policy_loss                 clipped surrogate + optional KL, aggregated      (spec 4)
-# Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `mask`
-# marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
-# d hidden size, V vocabulary size.
+The file reads top to bottom in the order one training step runs:
+  Config, PRESETS             which variant (A3PO or a baseline) and its constants
+  MATH   (one batch, pure tensor functions, each tested against a float64 re-computation)
+    overlong_reward_penalty   length -> reward penalty                        (method 4)
+    group_is_mixed            which groups dynamic sampling keeps              (method 1)
+    token_logprobs            hidden states -> log pi_old(token), entropy      (method 7)
+    compute_advantages        rewards [B] -> one advantage per response        (method 1, 2)
+    shape_advantages          advantage [B] -> one advantage per token [B, T]  (method 2, 3)
+    policy_loss               clipped surrogate + optional KL, aggregated      (method 4)
+  TRAINER (the same steps on real rollouts; see `train_step`), evaluation, checkpoints, CLI.
+Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `mask`
+marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
+d hidden size, V vocabulary size.
+"""
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
 import math
-from dataclasses import dataclass, fields, replace
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import typing
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-# ----------------------------------------------------------------------------- config
+import model
+import verifier
+from data import tasks
 
-ADV_NORMS = ("std", "none", "raw")
-RAW_ADVS = ("psr", "nsr", "w-reinforce")
-ALPHA_SCHEDULES = ("linear", "cosine", "constant")
-TOKEN_CRITERIA = ("prob", "entropy")
-TAILS = ("low", "high")
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum-norm")
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class UserError(ValueError):
+    """Bad flags, files or data: printed as one line `a3po: error: ...` (exit 2), no traceback."""
+
+
+def need(ok: bool, msg: str):
+    """The one check helper: argument and input errors name what is wrong."""
+    if not ok:
+        raise UserError(msg)
+
+
+# ============================================================================ config
+
+def arg(default, section: str, help: str, choices: tuple | None = None):
+    """A Config field with its --help text, the docs/method.md section it belongs to and, for a
+    string setting, the allowed values (checked in Config.__post_init__, offered by --help)."""
+    return field(default=default, metadata=dict(section=section, help=help, choices=choices))
 
 
 @dataclass
 class Config:
-    # Defaults below are the a3po preset (spec section 5), so Config() is A3PO.
-    # "spec" = the value A3PO_SPEC.md gives (it restates the paper / DAPO / GRPO; the paper's
-    # own constants were not available, so these are the spec's choices); "ours" = the spec
-    # left it open and this file chose.
-    algo: str = "a3po"              # preset the values came from: grpo dapo psr nsr w-reinforce a3po
-    # --- spec 1: group-relative advantage
-    adv_norm: str = "std"           # spec. std: (R-mean)/(std+eps); none: R-mean (Dr. GRPO); raw: see raw_adv
-    adv_eps: float = 1e-6           # ours (spec writes "eps"): keeps (R-mean)/std finite for near-equal rewards
-    raw_adv: str = "psr"            # ours (only read when adv_norm=raw): psr A=R | nsr A=R-1 | w-reinforce A=lambda/-1
-    wreinforce_lambda: float = 0.1  # spec (Zhu et al. 2025): weight of correct answers in W-REINFORCE
-    # --- spec 2: polarity-level weights
-    w_pos: float = 1.0              # spec: A~ = w_pos * A for A > 0
-    w_neg: float = 1.0              # spec: A~ = w_neg * A for A < 0
-    # --- spec 3: asymmetric, adaptive token-level shaping (the A3PO part)
-    token_shaping: bool = True      # spec (a3po preset on; every other preset off)
-    rho_pos: float = 0.2            # spec: fraction of positive-sample tokens boosted
-    rho_neg: float = 0.2            # spec: fraction of negative-sample tokens boosted
-    alpha0_pos: float = 2.0         # spec: boost factor at step 0, positive samples
-    alpha0_neg: float = 2.0         # spec: boost factor at step 0, negative samples
-    alpha_schedule: str = "linear"  # spec: linear | cosine | constant
-    alpha_decay_steps: int | None = None  # spec: S_decay; None = total training steps S
-    token_criterion: str = "prob"   # spec: rank tokens by pi_old prob, or by pi_old entropy (analysis)
-    pos_tail: str = "low"           # spec: boost the LOW-prob tokens of positive samples
-    neg_tail: str = "high"          # spec: boost the HIGH-prob tokens of negative samples
-    # --- spec 4: objective
-    eps_low: float = 0.2            # spec: ratio clipped below at 1 - eps_low
-    eps_high: float = 0.28          # spec: clip-higher (DAPO): ratio clipped above at 1 + eps_high
-    clip_c: float | None = None     # spec: dual-clip bound for A < 0 (verl's clip_ratio_c, e.g. 3.0); None = off
-    loss_agg: str = "token-mean"    # spec: token-mean | seq-mean-token-mean | seq-mean-token-sum | token-sum-norm
-    # token-sum-norm (Dr. GRPO) divides each response's token SUM by this constant instead of
-    # by its own length. Use the generation limit (max new tokens): then a full-length response
-    # weighs like token-mean and short ones are not up-weighted. None = the trainer fills it in
-    # with its max response length (policy_loss refuses token-sum-norm without it). Ours.
-    loss_agg_constant: float | None = None
-    kl_coef: float = 0.0            # spec: beta of the k3 KL to a reference model (0: none loaded)
-    overlong_filter: bool = False   # spec (DAPO): truncated responses get zero loss weight
-    overlong_penalty: bool = False  # spec (DAPO): soft length penalty added to the reward
-    overlong_cache: int = 64        # ours (DAPO used 4096 of 20480): penalty ramps over the last `cache` tokens
-    overlong_penalty_factor: float = 1.0  # DAPO: penalty at the limit is -factor
-    dynamic_sampling: bool = True   # spec (DAPO): drop all-equal-reward groups, sample more prompts
-    # ----- trainer fields (owned by helper TRAINER; added below this line) -----
-    # Checked by check_config in the TRAINER section; their comments are the --help lines.
+    # Defaults are the a3po preset, so Config() is A3PO. "(ours)" in a help text marks a value the
+    # method leaves open and this project chose; every other method default restates DAPO, GRPO
+    # or Zhu et al. 2025 (the paper's own constants were not available; see docs/method.md).
+    algo: str = arg("a3po", "5", "preset: sets adv-norm, raw-adv, w-pos, w-neg, token-shaping, eps-low, "
+                    "eps-high, loss-agg and dynamic-sampling (each flag's help shows the values; a flag given wins)",
+                    ("grpo", "dapo", "psr", "nsr", "w-reinforce", "a3po"))
+    # --- method 1: rollouts, group-relative advantage, dynamic sampling
+    adv_norm: str = arg("std", "1", "std: A = (R - mean) / (std + eps); none: R - mean (Dr. GRPO); "
+                        "raw: the polarity baselines' raw-reward advantages (see --raw-adv)", ("std", "none", "raw"))
+    adv_eps: float = arg(1e-6, "1", "eps of the std normalisation (ours)")
+    raw_adv: str | None = arg(None, "1", "with --adv-norm raw: psr A = R | nsr A = R - 1 | "
+                              "w-reinforce A = lambda or -1", ("psr", "nsr", "w-reinforce"))
+    wreinforce_lambda: float = arg(0.1, "2", "W-REINFORCE: the advantage of a correct answer (Zhu et al.)")
+    dynamic_sampling: bool = arg(True, "1", "DAPO: drop groups whose answers are all right or all wrong "
+                                 "and sample more prompts")
+    max_sample_tries: int = arg(4, "1", "dynamic sampling: at most this many rounds of --prompts-per-step prompts a step (ours)")
+    # --- method 2: polarity-level weights
+    w_pos: float = arg(1.0, "2", "A~ = w_pos * A for A > 0")
+    w_neg: float = arg(1.0, "2", "A~ = w_neg * A for A < 0")
+    # --- method 3: asymmetric, adaptive token-level shaping (the A3PO part)
+    token_shaping: bool = arg(True, "3", "boost chosen tokens' advantages (a3po preset only)")
+    rho_pos: float = arg(0.2, "3", "fraction of the batch's positive-sample tokens boosted")
+    rho_neg: float = arg(0.2, "3", "fraction of the batch's negative-sample tokens boosted")
+    alpha0_pos: float = arg(2.0, "3", "boost factor at the first step, positive samples")
+    alpha0_neg: float = arg(2.0, "3", "boost factor at the first step, negative samples")
+    alpha_schedule: str = arg("linear", "3", "how the boost decays to 1", ("linear", "cosine", "constant"))
+    alpha_decay_steps: int | None = arg(None, "3", "S_decay of the schedule; none = --steps")
+    token_criterion: str = arg("prob", "3", "rank tokens by pi_old probability, or by pi_old entropy (ablation)",
+                               ("prob", "entropy"))
+    pos_tail: str = arg("low", "3", "positive samples: boost the LOW-probability tokens", ("low", "high"))
+    neg_tail: str = arg("high", "3", "negative samples: boost the HIGH-probability tokens", ("low", "high"))
+    # --- method 4: objective
+    eps_low: float = arg(0.2, "4", "ratio clipped below at 1 - eps_low")
+    eps_high: float = arg(0.28, "4", "clip-higher (DAPO): ratio clipped above at 1 + eps_high")
+    clip_c: float | None = arg(None, "4", "dual-clip bound for A < 0 (verl's clip_ratio_c, e.g. 3); none = off")
+    loss_agg: str = arg("token-mean", "4", "how token losses are averaged",
+                        ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum-norm"))
+    loss_agg_constant: float | None = arg(None, "4", "token-sum-norm (Dr. GRPO) divides each response's token sum "
+                                          "by this constant; none = --max-new-tokens, so a full-length response "
+                                          "weighs as under token-mean (ours)")
+    kl_coef: float = arg(0.0, "4", "beta of the k3 KL to the starting model (0: no reference model is loaded)")
+    overlong_filter: bool = arg(False, "4", "DAPO: truncated responses get zero loss weight")
+    overlong_penalty: bool = arg(False, "4", "DAPO: soft length penalty added to the reward")
+    overlong_cache: int | None = arg(None, "4", "the penalty ramps over the last N tokens before the limit; "
+                                     "none = --max-new-tokens // 5 (DAPO: 4096 of 20480)")
+    overlong_penalty_factor: float = arg(1.0, "4", "DAPO: the penalty at the limit is -factor")
     # --- trainer: model and data
-    model: str = "data/default_model"  # HF model folder to train (relative paths are also looked up next to a3po.py)
-    data: str = "synthetic"            # training problems: 'synthetic' (our arithmetic task) or a JSONL file
-    data_format: str = "auto"          # format of --data / --eval-data: auto | gsm8k | math | generic
-    prompt_key: str | None = None      # generic JSONL: the key holding the question
-    answer_key: str | None = None      # generic JSONL: the key holding the gold answer
-    template: str = "boxed"            # prompt template: boxed (step by step, answer in \boxed{}) | plain
-    synthetic_level: int = 3           # difficulty of the synthetic task, 1 (easiest) to 5
-    train_size: int = 20000            # synthetic training problems generated (a --data file uses all its lines)
-    # --- spec 1 (trainer): rollouts
-    steps: int = 40                    # training steps S; each samples one batch of rollouts
-    prompts_per_step: int = 16         # prompts per step (groups in the batch)
-    group_size: int = 8                # G: responses sampled per prompt
-    max_new_tokens: int = 64           # response length limit (also the overlong limit of spec 4)
-    temperature: float = 1.0           # sampling temperature; training log-probs use the same (hidden / T)
-    top_p: float = 1.0                 # nucleus sampling threshold
-    max_sample_tries: int = 4          # dynamic sampling: at most this many rounds of --prompts-per-step prompts a step
-    gen_batch_size: int = 0            # sequences per generate() call (0 = the whole batch at once)
-    # --- spec 4 (trainer): optimisation
-    ppo_epochs: int = 2                # passes over each batch; one optimizer step per pass
-    minibatch_size: int = 32           # responses per forward/backward; gradients accumulate over the whole batch
-    lr: float = 1e-4                   # AdamW peak learning rate
-    warmup_steps: int = 2              # linear learning-rate warm-up steps
-    lr_schedule: str = "constant"      # after warm-up: constant | cosine
-    weight_decay: float = 0.0          # AdamW weight decay
-    grad_clip: float = 1.0             # max gradient norm (0 = no clipping)
-    grad_checkpointing: bool = False   # recompute each block in backward: less memory, more time
+    model: str = arg("data/default_model", "trainer", "Hugging Face model folder to train (relative paths "
+                     "are also looked up next to a3po.py)")
+    data: str = arg("synthetic", "trainer", "training problems: 'synthetic' (our arithmetic task) or a JSONL file")
+    data_format: str = arg("auto", "trainer", "format of --data / --eval-data",
+                           ("auto", "gsm8k", "math", "olympiad", "generic"))
+    prompt_key: str | None = arg(None, "trainer", "generic JSONL: the key holding the question")
+    answer_key: str | None = arg(None, "trainer", "generic JSONL: the key holding the gold answer")
+    template: str = arg("boxed", "trainer", "prompt template: boxed (step by step, answer in \\boxed{}) | plain",
+                        tuple(tasks.TEMPLATES))
+    synthetic_level: int = arg(3, "trainer", "difficulty of the synthetic task, 1 (easiest) to 5")
+    train_size: int = arg(20000, "trainer", "synthetic training problems generated (a --data file uses all its lines)")
+    eos_token: str | None = arg(None, "trainer", "the token that ends a response, for a checkpoint whose "
+                                "config files name none (e.g. '<|im_end|>')")
+    # --- trainer: rollouts
+    steps: int = arg(40, "trainer", "training steps S; each samples one batch of rollouts")
+    prompts_per_step: int = arg(16, "trainer", "prompts per step (groups in the batch)")
+    group_size: int = arg(8, "trainer", "G: responses sampled per prompt")
+    max_new_tokens: int = arg(64, "trainer", "response length limit (also the overlong limit of method 4)")
+    temperature: float = arg(1.0, "trainer", "sampling temperature; training log-probs use the same (hidden / T)")
+    top_p: float = arg(1.0, "trainer", "nucleus sampling threshold")
+    gen_batch_size: int = arg(0, "trainer", "sequences per generate() call (0 = the whole batch at once)")
+    # --- trainer: optimisation
+    ppo_epochs: int = arg(2, "trainer", "passes over each batch; one optimizer step per pass")
+    micro_batch_size: int = arg(32, "trainer", "responses per forward/backward; gradients accumulate over the "
+                                "whole batch (one optimizer step per epoch, not per micro-batch)")
+    lr: float = arg(1e-4, "trainer", "AdamW peak learning rate")
+    warmup_steps: int = arg(2, "trainer", "linear learning-rate warm-up steps")
+    lr_schedule: str = arg("constant", "trainer", "after warm-up", ("constant", "cosine"))
+    weight_decay: float = arg(0.0, "trainer", "AdamW weight decay")
+    grad_clip: float = arg(1.0, "trainer", "max gradient norm (0 = no clipping)")
+    grad_checkpointing: bool = arg(False, "trainer", "recompute each block in backward: less memory, more time")
     # --- trainer: evaluation, logging, checkpoints
-    eval_data: str | None = None       # held-out JSONL (default: synthetic test split, or the last --eval-size of --data)
-    eval_size: int = 200               # held-out problems evaluated (at most)
-    eval_k: tuple[int, ...] = (1, 8)   # report pass@k for each k; max(k) samples per problem at --temperature
-    eval_every: int = 0                # also evaluate every N steps (0 = only before and after training)
-    eval_batch_size: int = 256         # sequences per generate() call during evaluation
-    log_samples: int = 4               # responses per step written to samples.jsonl (one per group)
-    save_every: int = 0                # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
-    run_dir: str | None = None         # output folder (default runs/<algo>-<date>-<time>)
-    resume: str | None = None          # continue the run in this folder from its checkpoint, exactly
-    eval_only: bool = False            # only evaluate --model (any checkpoint folder) and exit
-    seed: int = 0                      # seeds data order and sampling (the task itself is fixed)
-    device: str = "auto"               # cpu | cuda | cuda:N (auto = cuda when available)
-    dtype: str = "auto"                # compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
-    threads: int = 0                   # CPU threads for torch (0 = torch's default); 1 is faster for tiny models on a busy machine
+    eval_data: str | None = arg(None, "trainer", "held-out JSONL; none = the synthetic test split, or the last "
+                                "--eval-size problems of --data")
+    eval_size: int = arg(200, "trainer", "held-out problems evaluated (at most)")
+    eval_k: tuple[int, ...] = arg((1, 8), "trainer", "report pass@k for each k; max(k) samples per problem at --temperature")
+    eval_every: int = arg(0, "trainer", "also evaluate every N steps (0 = only before and after training)")
+    eval_batch_size: int = arg(256, "trainer", "sequences per generate() call during evaluation")
+    log_samples: int = arg(4, "trainer", "responses per step written to samples.jsonl (one per group)")
+    save_every: int = arg(0, "trainer", "also checkpoint every N steps (0 = only at the end and when interrupted)")
+    run_dir: str | None = arg(None, "trainer", "output folder; none = runs/<algo>-<date>-<time>-s<seed>-<pid>")
+    resume: str | None = arg(None, "trainer", "continue the run in this folder from its checkpoint, exactly")
+    eval_only: bool = arg(False, "trainer", "only evaluate --model (any checkpoint folder) and exit")
+    seed: int = arg(0, "trainer", "seeds data order and sampling (the task itself is fixed)")
+    device: str = arg("auto", "trainer", "cpu | cuda | cuda:N (auto = cuda when available)")
+    dtype: str = arg("auto", "trainer", "compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)",
+                     ("auto", "float32", "bfloat16"))
+    threads: int = arg(0, "trainer", "CPU threads for torch (0 = torch's default); 1 is faster for tiny models "
+                       "on a busy machine")
 
     def __post_init__(self):
-        # Bad flags fail here, before any compute, with the field's name.
-        def choice(name, allowed):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"Config.{name}={getattr(self, name)!r}: must be one of {allowed}")
-        choice("algo", tuple(PRESETS))
-        choice("adv_norm", ADV_NORMS)
-        choice("raw_adv", RAW_ADVS)
-        choice("alpha_schedule", ALPHA_SCHEDULES)
-        choice("token_criterion", TOKEN_CRITERIA)
-        choice("pos_tail", TAILS)
-        choice("neg_tail", TAILS)
-        choice("loss_agg", LOSS_AGGS)
+        # Bad settings fail here, before any compute, with the flag's name.
+        for f in fields(self):
+            v, allowed = getattr(self, f.name), f.metadata["choices"]
+            need(allowed is None or v in allowed or (v is None and f.default is None),
+                 f"--{flag(f.name)} {v!r}: must be one of {', '.join(allowed or ())}")
+            if isinstance(v, float):  # inf / nan / beyond float32 would surface mid-run as something else
+                need(math.isfinite(v) and abs(v) < 1e30, f"--{flag(f.name)} {v}: must be a finite number")
+        need(self.adv_norm != "raw" or self.raw_adv is not None, "--adv-norm raw needs --raw-adv psr|nsr|w-reinforce")
         for name in ("rho_pos", "rho_neg"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"Config.{name}={getattr(self, name)}: must be in [0, 1]")
+            need(0.0 <= getattr(self, name) <= 1.0, f"--{flag(name)} {getattr(self, name)}: must be in [0, 1]")
         for name in ("eps_low", "eps_high", "kl_coef", "adv_eps", "w_pos", "w_neg", "wreinforce_lambda"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Config.{name}={getattr(self, name)}: must be >= 0")
-        if self.eps_low >= 1:
-            raise ValueError(f"Config.eps_low={self.eps_low}: must be < 1 (ratio floor 1-eps_low > 0)")
-        if self.clip_c is not None and self.clip_c <= 1:
-            raise ValueError(f"Config.clip_c={self.clip_c}: the dual-clip bound must be > 1 (or None)")
-        if self.alpha_decay_steps is not None and self.alpha_decay_steps <= 0:
-            raise ValueError(f"Config.alpha_decay_steps={self.alpha_decay_steps}: must be > 0 (or None)")
-        if self.loss_agg_constant is not None and self.loss_agg_constant <= 0:
-            raise ValueError(f"Config.loss_agg_constant={self.loss_agg_constant}: must be > 0")
-        if self.overlong_cache < 0:
-            raise ValueError(f"Config.overlong_cache={self.overlong_cache}: must be >= 0")
+            need(getattr(self, name) >= 0, f"--{flag(name)} {getattr(self, name)}: must be >= 0")
+        need(self.eps_low < 1, f"--eps-low {self.eps_low}: must be < 1 (ratio floor 1 - eps_low > 0)")
+        need(self.clip_c is None or self.clip_c > 1, f"--clip-c {self.clip_c}: the dual-clip bound must be > 1")
+        need(self.alpha_decay_steps is None or self.alpha_decay_steps > 0,
+             f"--alpha-decay-steps {self.alpha_decay_steps}: must be > 0")
+        need(self.loss_agg_constant is None or self.loss_agg_constant > 0,
+             f"--loss-agg-constant {self.loss_agg_constant}: must be > 0")
 
 
-# Spec section 5. Each preset sets every column of the spec's table, so applying it on top of
-# any Config gives the same algorithm.
-# PSR / NSR / W-REINFORCE use RAW rewards (Zhu et al.): adv_norm=raw with raw_adv psr (A=R),
-# nsr (A=R-1), w-reinforce (A=lambda if correct, -1 if wrong). Their w_pos/w_neg zeros are
-# then redundant (A=R is never < 0, A=R-1 never > 0) but document intent. The other variant,
-# masking one polarity of group-normalised advantages, is the same preset with
-# adv_norm="std" (e.g. `--algo psr --adv-norm std` keeps w_neg=0).
-# W-REINFORCE: the table's "w_pos 0.1" is lambda. It is applied ONCE, in the raw mapping
-# (wreinforce_lambda=0.1), so w_pos stays 1; setting w_pos=0.1 as well would give 0.01.
-_STD_TABLE = dict(adv_norm="std", raw_adv="psr")
-PRESETS: dict[str, dict] = {
-    "grpo": dict(**_STD_TABLE, w_pos=1.0, w_neg=1.0, token_shaping=False, eps_low=0.2, eps_high=0.2,
-                 loss_agg="seq-mean-token-mean", dynamic_sampling=False),
-    "dapo": dict(**_STD_TABLE, w_pos=1.0, w_neg=1.0, token_shaping=False, eps_low=0.2, eps_high=0.28,
-                 loss_agg="token-mean", dynamic_sampling=True),
-    "psr": dict(adv_norm="raw", raw_adv="psr", w_pos=1.0, w_neg=0.0, token_shaping=False,
-                eps_low=0.2, eps_high=0.28, loss_agg="token-mean", dynamic_sampling=False),
-    "nsr": dict(adv_norm="raw", raw_adv="nsr", w_pos=0.0, w_neg=1.0, token_shaping=False,
-                eps_low=0.2, eps_high=0.28, loss_agg="token-mean", dynamic_sampling=False),
-    "w-reinforce": dict(adv_norm="raw", raw_adv="w-reinforce", wreinforce_lambda=0.1, w_pos=1.0, w_neg=1.0,
-                        token_shaping=False, eps_low=0.2, eps_high=0.28, loss_agg="token-mean",
-                        dynamic_sampling=False),
-    "a3po": dict(**_STD_TABLE, w_pos=1.0, w_neg=1.0, token_shaping=True, eps_low=0.2, eps_high=0.28,
-                 loss_agg="token-mean", dynamic_sampling=True),
-}
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# Method section 5, one line per preset, every column of its table. PSR / NSR / W-REINFORCE
+# use RAW rewards (Zhu et al.); their zero weights are then redundant (A = R is never < 0,
+# A = R - 1 never > 0) but say what they mean, and `--algo psr --adv-norm std` is the other
+# variant: group-normalised advantages with one polarity masked. W-REINFORCE's lambda = 0.1
+# is applied once, in the raw mapping, so its w_pos is 1 (also 0.1 there would give 0.01).
+PRESET_FIELDS = ("adv_norm", "raw_adv", "w_pos", "w_neg", "token_shaping", "eps_low", "eps_high", "loss_agg",
+                 "dynamic_sampling")
+PRESETS = {name: dict(zip(PRESET_FIELDS, row)) for name, row in {
+    #               adv_norm raw_adv        w_pos w_neg shaping eps_low eps_high loss_agg          dynamic sampling
+    "grpo":        ("std",   None,          1.0,  1.0,  False,  0.2,    0.20, "seq-mean-token-mean", False),
+    "dapo":        ("std",   None,          1.0,  1.0,  False,  0.2,    0.28, "token-mean",          True),
+    "psr":         ("raw",   "psr",         1.0,  0.0,  False,  0.2,    0.28, "token-mean",          False),
+    "nsr":         ("raw",   "nsr",         0.0,  1.0,  False,  0.2,    0.28, "token-mean",          False),
+    "w-reinforce": ("raw",   "w-reinforce", 1.0,  1.0,  False,  0.2,    0.28, "token-mean",          False),
+    "a3po":        ("std",   None,          1.0,  1.0,  True,   0.2,    0.28, "token-mean",          True),
+}.items()}
 
 
 def apply_preset(base: "str | Config", overrides: dict | None = None) -> Config:
@@ -179,26 +208,21 @@ def apply_preset(base: "str | Config", overrides: dict | None = None) -> Config:
 
     base: a preset name, or a Config whose .algo names the preset (its other fields, e.g.
     the trainer's, are kept unless the preset sets them). overrides: ONLY the flags the user
-    gave explicitly (e.g. argparse flags whose value is not None); they win over the preset.
+    gave explicitly; they win over the preset.
     """
     overrides = dict(overrides or {})
     cfg = Config() if isinstance(base, str) else base
     algo = overrides.pop("algo", base if isinstance(base, str) else base.algo)
-    if algo not in PRESETS:
-        raise ValueError(f"unknown preset {algo!r}: choose one of {tuple(PRESETS)}")
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown Config field(s) {unknown}")
+    need(algo in PRESETS, f"unknown preset {algo!r}: choose one of {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(Config)})
+    need(not unknown, f"unknown setting(s) {unknown}")
     return replace(cfg, **{**PRESETS[algo], **overrides, "algo": algo})  # replace re-runs the checks
 
 
-def _check(ok: bool, msg: str):
-    if not ok:
-        raise ValueError(msg)
+# ============================================================================ MATH
+# Pure functions of one batch's tensors, in the order `train_step` calls them.
 
-
-# ------------------------------------------------------- rewards -> advantages (spec 1, 2)
+# ------------------------------------------------------------- rewards (method 4)
 
 def overlong_reward_penalty(lengths: torch.Tensor, max_len: int, cache: int, factor: float = 1.0) -> torch.Tensor:
     """DAPO's soft overlong punishment, added to the verifier reward. lengths [B] -> [B] (<= 0).
@@ -206,170 +230,26 @@ def overlong_reward_penalty(lengths: torch.Tensor, max_len: int, cache: int, fac
     0 up to max_len - cache tokens, then a linear ramp down to -factor at max_len (and
     beyond), so a response is told it is getting long before it is cut off.
     """
-    _check(cache >= 0 and max_len > 0, f"overlong penalty: need max_len > 0, cache >= 0 (got {max_len}, {cache})")
+    need(0 <= cache < max_len, f"overlong penalty: need 0 <= cache < max_len (got cache {cache}, max_len {max_len})")
     over = lengths.double() - (max_len - cache)                      # [B] tokens into the cache zone
     ramp = over / cache if cache > 0 else (over > 0).double()       # cache 0: only past max_len
     return (-factor * ramp.clamp(0, 1)).float()
 
 
-def reward_to_raw_advantage(rewards: torch.Tensor, kind: str, wreinforce_lambda: float = 0.1) -> torch.Tensor:
-    """Raw-reward advantages of the polarity baselines (spec 2, Zhu et al.). rewards [B] -> [B].
+# ----------------------------------------------------------- dynamic sampling (method 1)
 
-    psr: A = R (only correct answers move the model); nsr: A = R - 1 (only wrong ones);
-    w-reinforce: A = lambda * R for R > 0 (lambda for a correct answer), R - 1 otherwise (-1).
-    No group mean, no std: each answer is judged alone.
-    """
-    r = rewards.float()
-    if kind == "psr":
-        return r.clone()
-    if kind == "nsr":
-        return r - 1
-    if kind == "w-reinforce":
-        return torch.where(r > 0, wreinforce_lambda * r, r - 1)
-    raise ValueError(f"raw advantage kind {kind!r}: must be one of {RAW_ADVS}")
+def group_is_mixed(correct: torch.Tensor, group_size: int) -> torch.Tensor:
+    """correct [B] (verifier scores) -> [B/G] bool: the group holds a right and a wrong answer.
+
+    Dynamic sampling (DAPO) keeps only these groups. It looks at correctness, not at the shaped
+    reward: with the overlong penalty on, an all-wrong group of different lengths has unequal
+    rewards, and std-normalisation would blow its small length penalties up to full-size
+    advantages. The advantage itself still uses the shaped reward."""
+    c = correct.reshape(-1, group_size)                              # [B/G, G]
+    return c.amax(dim=1) != c.amin(dim=1)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, norm: str = "std", eps: float = 1e-6) -> torch.Tensor:
-    """GRPO group-relative advantages (spec 1). rewards [B], groups are consecutive -> adv [B].
-
-    std : (R - mean) / (std + eps), std = SAMPLE std (unbiased, divides by G-1) like
-          torch.std and the usual GRPO implementations (TRL, verl). A group of 1 has A = 0.
-    none: R - mean (Dr. GRPO: no division, so easy/hard prompts are not re-weighted).
-    raw : rewards as given (the caller mapped them with reward_to_raw_advantage).
-    A group whose rewards are all equal gets EXACTLY 0 (float means can miss by an ulp).
-    """
-    _check(rewards.dim() == 1, f"group_advantages: rewards must be [B], got shape {tuple(rewards.shape)}")
-    _check(group_size >= 1 and rewards.numel() % group_size == 0,
-           f"group_advantages: batch of {rewards.numel()} rewards is not divisible by group_size={group_size}")
-    _check(bool(torch.isfinite(rewards).all()), "group_advantages: rewards contain NaN/inf")
-    if norm == "raw":
-        return rewards.float().clone()
-    _check(norm in ("std", "none"), f"group_advantages: norm={norm!r} must be one of {ADV_NORMS}")
-    r = rewards.double().reshape(-1, group_size)                      # [B/G, G]
-    adv = r - r.mean(dim=1, keepdim=True)                             # [B/G, G]
-    if norm == "std":
-        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-        adv = adv / (std + eps)
-    same = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # [B/G, 1] nothing to learn
-    adv = adv.masked_fill(same, 0.0)
-    return adv.view(-1).float()
-
-
-def group_is_mixed(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """rewards [B] -> [B/G] bool: the group has at least two different rewards.
-    Dynamic sampling (DAPO) keeps only these groups: the others have A = 0 everywhere."""
-    r = rewards.reshape(-1, group_size)                              # [B/G, G]
-    return r.amax(dim=1) != r.amin(dim=1)
-
-
-def compute_advantages(rewards: torch.Tensor, group_size: int, cfg: Config) -> torch.Tensor:
-    """rewards [B] -> advantage per response [B], per cfg.adv_norm (raw: mapped per cfg.raw_adv)."""
-    if cfg.adv_norm == "raw":
-        group_advantages(rewards, group_size, "raw")                  # same shape checks
-        return reward_to_raw_advantage(rewards, cfg.raw_adv, cfg.wreinforce_lambda)
-    return group_advantages(rewards, group_size, cfg.adv_norm, cfg.adv_eps)
-
-
-def polarity_weights(adv: torch.Tensor, w_pos: float, w_neg: float) -> torch.Tensor:
-    """Sample-level polarity shaping (spec 2). adv [B] -> A~ [B]: w_pos*A if A>0, w_neg*A if A<0."""
-    return torch.where(adv > 0, w_pos * adv, torch.where(adv < 0, w_neg * adv, torch.zeros_like(adv)))
-
-
-# ------------------------------------------------ token-level shaping, the A3PO part (spec 3)
-
-def alpha_schedule(alpha0: float, step: int, decay_steps: int, kind: str) -> float:
-    """Boost factor at optimizer step s: alpha(s) = 1 + (alpha0 - 1) * f(s).
-
-    linear  : f = 1 - min(s/S, 1)
-    cosine  : f = 0.5 * (1 + cos(pi * min(s/S, 1)))
-    constant: f = 1
-    f(0) = 1 (full boost, when exploration matters most) and f(S) = 0 (plain advantages) for
-    linear and cosine; after S the boost stays off.
-    """
-    _check(step >= 0, f"alpha_schedule: step={step} must be >= 0")
-    if kind == "constant":
-        return float(alpha0)
-    _check(kind in ALPHA_SCHEDULES, f"alpha_schedule: kind={kind!r} must be one of {ALPHA_SCHEDULES}")
-    _check(decay_steps is not None and decay_steps > 0, f"alpha_schedule: decay_steps={decay_steps} must be > 0")
-    x = min(step / decay_steps, 1.0)
-    f = 1.0 - x if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * x))
-    return 1.0 + (alpha0 - 1.0) * f
-
-
-def boost_count(rho: float, n: int) -> int:
-    """How many of n candidate tokens a fraction rho boosts: ceil(rho * n).
-
-    ceil, so any polarity with tokens and rho > 0 boosts at least one (a batch with a
-    single short positive answer still gets its rarest token boosted). The 1e-9 absorbs
-    float noise: 0.2 * 15 = 3.0000000000000004 must give 3, not 4.
-    """
-    return max(0, min(n, math.ceil(rho * n - 1e-9)))
-
-
-def select_tail(values: torch.Tensor, candidates: torch.Tensor, rho: float, tail: str) -> torch.Tensor:
-    """Mark the lowest/highest rho fraction of `values` among `candidates` (batch-wide).
-
-    values [B, T] float, candidates [B, T] bool -> selected [B, T] bool (a subset of candidates).
-    Ties are broken deterministically: among equal values, the earlier token in row-major
-    (sample, position) order is selected first (stable sort by value, then flat index).
-    """
-    flat_idx = candidates.flatten().nonzero().squeeze(1)             # [n] ascending positions
-    k = boost_count(rho, flat_idx.numel())
-    selected = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
-    if k > 0:
-        v = values.flatten()[flat_idx]                               # [n]
-        key = v if tail == "low" else -v                             # always take the k smallest keys
-        order = torch.sort(key, stable=True).indices                 # stable: ties keep index order
-        selected[flat_idx[order[:k]]] = True
-    return selected.view_as(candidates)
-
-
-def shape_advantages(adv: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, step: int,
-                     total_steps: int, cfg: Config, entropy: torch.Tensor | None = None):
-    """Per-token advantages A^ [B, T] (spec 2 + 3) and which tokens were boosted.
-
-    adv [B]: sample advantages; old_logp [B, T]: log pi_old of each response token;
-    mask [B, T]: real response tokens; entropy [B, T]: pi_old entropy (token_criterion=entropy).
-    Returns (token_adv [B, T] float32, zero on padding; boosted_pos [B, T] bool; boosted_neg [B, T] bool).
-
-    Selection is over the WHOLE batch (all tokens of all positive samples compete), so call
-    this once per batch, before splitting into minibatches. Polarity is the sign of adv
-    (spec 1); w_pos/w_neg only scale. Ranking by log p gives the same order as ranking by p.
-    """
-    B, T = old_logp.shape
-    _check(adv.shape == (B,), f"shape_advantages: adv must be [{B}], got {tuple(adv.shape)}")
-    _check(mask.shape == (B, T), f"shape_advantages: mask must be [{B}, {T}], got {tuple(mask.shape)}")
-    mask = mask.bool()
-    a_tilde = polarity_weights(adv.float(), cfg.w_pos, cfg.w_neg)    # [B]
-    token_adv = a_tilde[:, None].expand(B, T) * mask                 # [B, T], 0 on padding
-    no_boost = torch.zeros(B, T, dtype=torch.bool, device=mask.device)
-    if not cfg.token_shaping:
-        return token_adv, no_boost, no_boost.clone()
-
-    if cfg.token_criterion == "prob":
-        values = old_logp
-    else:
-        _check(entropy is not None, "shape_advantages: token_criterion='entropy' needs the entropy [B, T] tensor")
-        _check(entropy.shape == (B, T), f"shape_advantages: entropy must be [{B}, {T}], got {tuple(entropy.shape)}")
-        values = entropy
-    _check(bool(torch.isfinite(values[mask]).all()),
-           f"shape_advantages: {'old_logp' if cfg.token_criterion == 'prob' else 'entropy'} has NaN/inf on response tokens")
-
-    pos_tokens = mask & (adv > 0)[:, None]                           # [B, T]
-    neg_tokens = mask & (adv < 0)[:, None]                           # [B, T]
-    boosted_pos = select_tail(values, pos_tokens, cfg.rho_pos, cfg.pos_tail)
-    boosted_neg = select_tail(values, neg_tokens, cfg.rho_neg, cfg.neg_tail)
-
-    S = cfg.alpha_decay_steps or total_steps
-    alpha_pos = alpha_schedule(cfg.alpha0_pos, step, S, cfg.alpha_schedule)
-    alpha_neg = alpha_schedule(cfg.alpha0_neg, step, S, cfg.alpha_schedule)
-    scale = torch.ones(B, T, device=mask.device)
-    scale[boosted_pos] = alpha_pos
-    scale[boosted_neg] = alpha_neg
-    return token_adv * scale, boosted_pos, boosted_neg
-
-
-# ---------------------------------------------- log-probs without full logits (spec 7)
+# ---------------------------------------------- log-probs without full logits (method 7)
 
 def _compute_dtype(*tensors) -> torch.dtype:
     # fp32 for fp32/bf16/fp16 inputs (log-probs of a 150k vocabulary need fp32 logits);
@@ -460,22 +340,156 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     Returns (logp [N], entropy [N] or None), float32 (float64 for float64 inputs),
     differentiable w.r.t. hidden and weight; gradients come back in the inputs' dtypes.
     """
-    _check(hidden.dim() == 2, f"token_logprobs: hidden must be [N, d], got shape {tuple(hidden.shape)}")
-    _check(weight.dim() == 2 and weight.shape[1] == hidden.shape[1],
-           f"token_logprobs: weight must be [V, {hidden.shape[1]}], got shape {tuple(weight.shape)}")
-    _check(targets.shape == (hidden.shape[0],),
-           f"token_logprobs: targets must be [{hidden.shape[0]}], got shape {tuple(targets.shape)}")
-    _check(not targets.is_floating_point(), f"token_logprobs: targets must be integer ids, got {targets.dtype}")
-    _check(int(chunk_size) >= 1, f"token_logprobs: chunk_size={chunk_size} must be >= 1")
-    _check(hidden.is_floating_point() and weight.is_floating_point(), "token_logprobs: hidden/weight must be float")
+    assert hidden.dim() == 2 and weight.dim() == 2 and weight.shape[1] == hidden.shape[1], \
+        (tuple(hidden.shape), tuple(weight.shape))
+    assert targets.shape == (hidden.shape[0],) and not targets.is_floating_point() and chunk_size >= 1
     if targets.numel() > 0:  # out-of-range ids would be a device-side assert on CUDA
         lo, hi = int(targets.min()), int(targets.max())
-        _check(lo >= 0 and hi < weight.shape[0],
-               f"token_logprobs: target ids span [{lo}, {hi}], outside the vocabulary [0, {weight.shape[0]})")
+        need(lo >= 0 and hi < weight.shape[0],
+             f"token_logprobs: token ids span [{lo}, {hi}], outside the output layer's vocabulary [0, {weight.shape[0]})")
     return ChunkedTokenLogprobs.apply(hidden, weight, targets.long(), int(chunk_size), bool(with_entropy))
 
 
-# ---------------------------------------------------------------- objective (spec 4)
+# ------------------------------------------------- rewards -> advantages (method 1, 2)
+
+def reward_to_raw_advantage(rewards: torch.Tensor, kind: str, wreinforce_lambda: float = 0.1) -> torch.Tensor:
+    """Raw-reward advantages of the polarity baselines (method 2, Zhu et al.). rewards [B] -> [B].
+
+    psr: A = R (only correct answers move the model); nsr: A = R - 1 (only wrong ones);
+    w-reinforce: A = lambda * R for R > 0 (lambda for a correct answer), R - 1 otherwise (-1).
+    No group mean, no std: each answer is judged alone.
+    """
+    r = rewards.float()
+    if kind == "psr":
+        return r.clone()
+    if kind == "nsr":
+        return r - 1
+    assert kind == "w-reinforce", kind
+    return torch.where(r > 0, wreinforce_lambda * r, r - 1)
+
+
+def compute_advantages(rewards: torch.Tensor, group_size: int, cfg: Config) -> torch.Tensor:
+    """One advantage per response (method 1). rewards [B], groups consecutive -> adv [B].
+
+    std : (R - mean) / (std + eps), std = SAMPLE std (divides by G-1) like torch.std and the
+          usual GRPO implementations (TRL, verl). A group of 1 has A = 0.
+    none: R - mean (Dr. GRPO: no division, so easy and hard prompts are not re-weighted).
+    raw : the polarity baselines' advantages, per cfg.raw_adv (reward_to_raw_advantage).
+    A group whose rewards are all equal gets EXACTLY 0 (a float mean can miss by an ulp).
+    """
+    assert rewards.dim() == 1 and rewards.numel() % group_size == 0, (tuple(rewards.shape), group_size)
+    need(bool(torch.isfinite(rewards).all()), "compute_advantages: rewards contain NaN/inf")
+    if cfg.adv_norm == "raw":
+        return reward_to_raw_advantage(rewards, cfg.raw_adv, cfg.wreinforce_lambda)
+    r = rewards.double().reshape(-1, group_size)                      # [B/G, G]
+    adv = r - r.mean(dim=1, keepdim=True)                             # [B/G, G]
+    if cfg.adv_norm == "std":
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        adv = adv / (std + cfg.adv_eps)
+    same = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # [B/G, 1] nothing to learn
+    return adv.masked_fill(same, 0.0).view(-1).float()
+
+
+def polarity_weights(adv: torch.Tensor, w_pos: float, w_neg: float) -> torch.Tensor:
+    """Sample-level polarity shaping (method 2). adv [B] -> A~ [B]: w_pos*A if A>0, w_neg*A if A<0."""
+    return torch.where(adv > 0, w_pos * adv, torch.where(adv < 0, w_neg * adv, torch.zeros_like(adv)))
+
+
+# ---------------------------------------------- token-level shaping, the A3PO part (method 3)
+
+def alpha_schedule(alpha0: float, s: int, decay_steps: int, kind: str) -> float:
+    """Boost factor at RL step s (0 for the first step, S-1 for the last): 1 + (alpha0 - 1) f(s).
+
+    linear  : f = 1 - min(s/S_decay, 1)
+    cosine  : f = 0.5 * (1 + cos(pi * min(s/S_decay, 1)))
+    constant: f = 1
+    So the first step has the full boost alpha0; with S_decay = S steps the last step has
+    1 + (alpha0 - 1) / S under linear (1.025 for alpha0 = 2, S = 40), and the boost reaches 1
+    exactly only at s = S_decay, after the run.
+    """
+    assert s >= 0 and decay_steps > 0, (s, decay_steps)
+    if kind == "constant":
+        return float(alpha0)
+    x = min(s / decay_steps, 1.0)
+    f = 1.0 - x if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * x))
+    return 1.0 + (alpha0 - 1.0) * f
+
+
+def boost_factors(s: int, cfg: Config) -> tuple[float, float]:
+    """(alpha_pos, alpha_neg) of RL step s, computed once per step for the shaping and the log."""
+    if not cfg.token_shaping:
+        return 1.0, 1.0
+    S = cfg.alpha_decay_steps or cfg.steps
+    return (alpha_schedule(cfg.alpha0_pos, s, S, cfg.alpha_schedule),
+            alpha_schedule(cfg.alpha0_neg, s, S, cfg.alpha_schedule))
+
+
+def boost_count(rho: float, n: int) -> int:
+    """How many of n candidate tokens a fraction rho boosts: ceil(rho * n).
+
+    ceil, so any polarity with tokens and rho > 0 boosts at least one (a batch with a
+    single short positive answer still gets its rarest token boosted). The 1e-9 absorbs
+    float noise: 0.2 * 15 = 3.0000000000000004 must give 3, not 4.
+    """
+    return max(0, min(n, math.ceil(rho * n - 1e-9)))
+
+
+def select_tail(values: torch.Tensor, candidates: torch.Tensor, rho: float, tail: str,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mark the lowest/highest ceil(rho * n) `values` among the n `candidates` (batch-wide).
+
+    values [B, T] float, candidates [B, T] bool -> selected [B, T] bool (a subset of candidates).
+    Ties at the quota boundary are broken at random (a shuffle drawn from `generator`, a CPU
+    generator) instead of by position: tokens whose pi_old is exactly 1 (log p == 0.0, common
+    once entropy falls) would otherwise be boosted because their rows come first.
+    """
+    flat_idx = candidates.flatten().nonzero().squeeze(1)             # [n]
+    k = boost_count(rho, flat_idx.numel())
+    selected = torch.zeros(candidates.numel(), dtype=torch.bool, device=candidates.device)
+    if k > 0:
+        key = values.flatten()[flat_idx]                             # [n]
+        key = key if tail == "low" else -key                         # always take the k smallest keys
+        shuffle = torch.randperm(key.numel(), generator=generator).to(key.device)  # [n] random order
+        order = shuffle[torch.sort(key[shuffle], stable=True).indices]  # by value; ties in shuffled order
+        selected[flat_idx[order[:k]]] = True
+    return selected.view_as(candidates)
+
+
+def shape_advantages(adv: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, alphas: tuple[float, float],
+                     cfg: Config, entropy: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """Per-token advantages A^ [B, T] (method 2 + 3) and which tokens were boosted.
+
+    adv [B]: sample advantages; old_logp [B, T]: log pi_old of each response token;
+    mask [B, T]: tokens in the loss; alphas: (alpha_pos, alpha_neg) of this step (boost_factors);
+    entropy [B, T]: pi_old entropy (token_criterion=entropy); generator: the tie-break shuffle.
+    Returns (token_adv [B, T] float32, zero on padding; boosted_pos [B, T] bool; boosted_neg [B, T] bool).
+
+    Selection is over the WHOLE batch (all tokens of all positive samples compete), so call
+    this once per batch, before splitting into micro-batches. Polarity is the sign of adv
+    (method 1); w_pos/w_neg only scale. Ranking by log p gives the same order as by p.
+    """
+    B, T = old_logp.shape
+    assert adv.shape == (B,) and mask.shape == (B, T), (tuple(adv.shape), tuple(mask.shape), (B, T))
+    mask = mask.bool()
+    token_adv = polarity_weights(adv.float(), cfg.w_pos, cfg.w_neg)[:, None] * mask  # [B, T], 0 on padding
+    no_boost = torch.zeros(B, T, dtype=torch.bool, device=mask.device)
+    if not cfg.token_shaping:
+        return token_adv, no_boost, no_boost.clone()
+
+    values = old_logp if cfg.token_criterion == "prob" else entropy   # [B, T]
+    assert values is not None and values.shape == (B, T), "token_criterion=entropy needs entropy [B, T]"
+    need(bool(torch.isfinite(values[mask]).all()), f"shape_advantages: pi_old {cfg.token_criterion} has NaN/inf")
+    pos_tokens = mask & (adv > 0)[:, None]                           # [B, T]
+    neg_tokens = mask & (adv < 0)[:, None]                           # [B, T]
+    boosted_pos = select_tail(values, pos_tokens, cfg.rho_pos, cfg.pos_tail, generator)
+    boosted_neg = select_tail(values, neg_tokens, cfg.rho_neg, cfg.neg_tail, generator)
+    scale = torch.ones(B, T, device=mask.device)
+    scale[boosted_pos] = alphas[0]
+    scale[boosted_neg] = alphas[1]
+    return token_adv * scale, boosted_pos, boosted_neg
+
+
+# ---------------------------------------------------------------- objective (method 4)
 
 def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens=None, num_seqs=None,
               constant: float | None = None) -> torch.Tensor:
@@ -502,9 +516,9 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, num_tokens=None, n
     if mode == "seq-mean-token-sum":
         return x.sum() / num_seqs
     if mode == "token-sum-norm":
-        _check(constant is not None, "loss_agg=token-sum-norm needs Config.loss_agg_constant (e.g. max_new_tokens)")
+        assert constant is not None, "token-sum-norm needs Config.loss_agg_constant (e.g. max_new_tokens)"
         return x.sum() / (num_seqs * constant)
-    raise ValueError(f"loss_agg={mode!r}: must be one of {LOSS_AGGS}")
+    raise ValueError(f"loss_agg={mode!r}: unknown")
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Tensor, mask: torch.Tensor,
@@ -522,9 +536,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
     Returns (loss scalar, stats dict of floats over THIS call's response tokens).
     """
     B, T = logp.shape
-    for name, t in (("old_logp", old_logp), ("token_adv", token_adv), ("mask", mask), ("ref_logp", ref_logp)):
-        _check(t is None or t.shape == (B, T), f"policy_loss: {name} must be [{B}, {T}], got {None if t is None else tuple(t.shape)}")
-    _check(cfg.kl_coef == 0 or ref_logp is not None, "policy_loss: kl_coef > 0 needs ref_logp")
+    assert all(t is None or t.shape == (B, T) for t in (old_logp, token_adv, mask, ref_logp)), "all inputs [B, T]"
+    assert cfg.kl_coef == 0 or ref_logp is not None, "kl_coef > 0 needs ref_logp"
     mask = mask.bool()
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     log_ratio = torch.where(mask, logp - old_logp, zero)            # [B, T]
@@ -569,36 +582,15 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
     return loss, stats
 
 
-# ============================== TRAINER (rollouts, steps, eval, checkpoints, CLI) =========
-# One process, CPU or one CUDA GPU. `train` runs one step in this order:
-#   sample_batch       prompts -> group_size responses each (model.generate), rewards
-#                      (verifier.score + overlong penalty), dynamic sampling        (spec 1, 4)
-#   response_logprobs  old log-probs / entropies of pi_old from the training model  (spec 4, 7)
-#   compute_advantages, shape_advantages (MATH section above)                        (spec 1-3)
-#   ppo_update         --ppo-epochs passes of minibatches, accumulated, AdamW step   (spec 4)
-#   evaluate           avg@k, pass@k, greedy accuracy on held-out problems
-#   save_checkpoint    HF model folder + optimizer + trainer state, atomic
-# then the command line (`python a3po.py --help`).
-import argparse
-import contextlib
-import dataclasses
-import functools
-import inspect
-import json
-import os
-import re
-import shutil
-import signal
-import threading
-import time
-import typing
-
-import model
-import verifier
-from data import tasks
-
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-
+# ============================================================================ TRAINER
+# The same steps on real rollouts. `train_step` runs, in this order:
+#   sample_batch      prompts -> group_size responses each (model.generate), rewards
+#                     (verifier.score + overlong penalty), dynamic sampling       (method 1, 4)
+#   old_logprobs      pi_old log-probs and entropies from the training model       (method 4, 7)
+#   compute_advantages, boost_factors, shape_advantages (MATH above)               (method 1-3)
+#   ppo_update        --ppo-epochs passes of micro-batches, accumulated, AdamW     (method 4)
+#   step_metrics      what metrics.jsonl logs of the step                          (method 6)
+# then evaluation, checkpoints, the run and the command line. One process, CPU or one GPU.
 
 # ----------------------------------------------------------------------------- data
 
@@ -624,9 +616,8 @@ def load_data(cfg: Config):
     else:
         train = tasks.load_problems(cfg.data, **fmt)
         if not cfg.eval_data:  # hold out the tail of the file (never trained on)
-            if len(train) < 2 * cfg.eval_size:
-                raise ValueError(f"{cfg.data}: {len(train)} problems is too few to hold out "
-                                 f"--eval-size {cfg.eval_size}; pass --eval-data or a smaller --eval-size")
+            need(len(train) >= 2 * cfg.eval_size, f"{cfg.data}: {len(train)} problems is too few to hold out "
+                 f"--eval-size {cfg.eval_size}; pass --eval-data or a smaller --eval-size")
             train, held_out = train[:-cfg.eval_size], train[-cfg.eval_size:]
     if cfg.eval_data:
         held_out = tasks.load_problems(cfg.eval_data, **fmt)[:cfg.eval_size]
@@ -638,9 +629,8 @@ def encode_prompts(problems, tok, cfg: Config, context: int, where: str) -> list
     (the model's max_position_embeddings) is an error."""
     ids = [tasks.build_prompt(p.prompt, tok, cfg.template) for p in problems]
     for i, p in enumerate(ids):
-        if len(p) + cfg.max_new_tokens > context:
-            raise ValueError(f"{where}: problem {i + 1}: prompt of {len(p)} tokens + --max-new-tokens "
-                             f"{cfg.max_new_tokens} exceeds the model's context of {context} tokens")
+        need(len(p) + cfg.max_new_tokens <= context, f"{where}: problem {i + 1}: prompt of {len(p)} tokens + "
+             f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
     return ids
 
 
@@ -657,100 +647,104 @@ def take_problems(pos: int, k: int, n: int, seed: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- rollouts
 
-@dataclasses.dataclass
-class Batch:  # one step's rollouts: B = prompts_per_step * group_size rows, groups consecutive
+@dataclass
+class Rollout:  # one sampled response and what the verifier made of it
+    prompt: list[int]       # prompt token ids
+    response: list[int]     # response token ids, the EOS that ended it included
+    text: str               # the decoded response
+    problem: tasks.Problem  # the question and its gold answer
+    correct: float          # verifier score: 1 right, 0 wrong
+    reward: float           # correct + the overlong penalty when on (method 4)
+    truncated: bool         # stopped by --max-new-tokens, no EOS
+
+
+@dataclass
+class Batch:  # the step's kept rollouts as tensors: B = prompts_per_step * group_size rows, groups consecutive
+    rollouts: list          # [B] Rollout
     ids: torch.Tensor         # [B, L] prompt + response, RIGHT-padded with pad_id (causal: no mask needed)
     prompt_len: torch.Tensor  # [B]
     targets: torch.Tensor     # [B, T] response tokens, left-aligned, 0 on padding
     mask: torch.Tensor        # [B, T] bool, response tokens incl. the EOS that ended it
     reward: torch.Tensor      # [B] verifier score + overlong penalty
     correct: torch.Tensor     # [B] verifier score (1 / 0)
-    truncated: torch.Tensor   # [B] bool: stopped by --max-new-tokens, no EOS
-    questions: list           # [B] problem text
-    golds: list               # [B] gold answers
-    texts: list               # [B] decoded responses
+    truncated: torch.Tensor   # [B] bool
 
 
-def generate_groups(policy, tok, cfg: Config, prompts: list[list[int]], generator) -> list[list[int]]:
-    """P prompts -> P * group_size responses; rows g*G .. g*G+G-1 answer prompt g."""
+def overlong_cache(cfg: Config) -> int:
+    return cfg.max_new_tokens // 5 if cfg.overlong_cache is None else cfg.overlong_cache
+
+
+def rollout_groups(policy, tok, cfg: Config, problems, prompts, generator) -> tuple[list[Rollout], float, float]:
+    """P problems -> P * group_size scored rollouts (rows g*G .. g*G+G-1 answer problem g),
+    with the seconds spent generating and scoring."""
     seqs = [p for p in prompts for _ in range(cfg.group_size)]
     chunk = cfg.gen_batch_size or len(seqs)
-    out = []
+    t0 = time.time()
+    responses = []
     for s in range(0, len(seqs), chunk):
-        out += model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                              eos_ids=tok.eos_ids, generator=generator)[0]
-    return out
-
-
-def score_responses(responses, golds, tok, cfg: Config):
-    """-> texts, correct [B], truncated [B], reward [B] (spec 4: DAPO's soft overlong penalty)."""
-    texts = [tok.decode(r) for r in responses]
-    correct = torch.tensor([verifier.score(t, g) for t, g in zip(texts, golds)], dtype=torch.float32)
-    truncated = torch.tensor([r[-1] not in tok.eos_ids for r in responses])
-    reward = correct.clone()
+        responses += model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                    eos_ids=tok.eos_ids, generator=generator)[0]
+    t1 = time.time()
+    out = []
+    for i, (prompt, response) in enumerate(zip(seqs, responses)):
+        problem, text = problems[i // cfg.group_size], tok.decode(response)
+        correct = float(verifier.score(text, problem.answer))
+        out.append(Rollout(prompt, response, text, problem, correct, correct, response[-1] not in tok.eos_ids))
     if cfg.overlong_penalty:
-        lengths = torch.tensor([len(r) for r in responses])
-        reward += overlong_reward_penalty(lengths, cfg.max_new_tokens, cfg.overlong_cache, cfg.overlong_penalty_factor)
-    return texts, correct, truncated, reward
+        penalty = overlong_reward_penalty(torch.tensor([len(r.response) for r in out]), cfg.max_new_tokens,
+                                          overlong_cache(cfg), cfg.overlong_penalty_factor)
+        for r, p in zip(out, penalty.tolist()):
+            r.reward += p
+    return out, t1 - t0, time.time() - t1
 
 
-def collate(groups, pad_id: int, device) -> Batch:
-    """List of groups (dicts of per-response lists) -> one right-padded Batch."""
-    rows = [{k: g[k][i] for k in g} for g in groups for i in range(len(g["response"]))]
-    B = len(rows)
-    L = max(len(r["prompt"]) + len(r["response"]) for r in rows)
-    T = max(len(r["response"]) for r in rows)
+def collate(rollouts: list[Rollout], pad_id: int, device) -> Batch:
+    """Rollouts -> one right-padded Batch."""
+    B = len(rollouts)
+    L = max(len(r.prompt) + len(r.response) for r in rollouts)
+    T = max(len(r.response) for r in rollouts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     targets = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        p, o = r["prompt"], r["response"]
-        ids[i, :len(p) + len(o)] = torch.tensor(p + o)
-        targets[i, :len(o)] = torch.tensor(o)
-        mask[i, :len(o)] = True
-    col = lambda k: torch.tensor([r[k] for r in rows])
-    return Batch(ids.to(device), col("prompt_len").to(device), targets.to(device), mask.to(device),
-                 col("reward").to(device), col("correct").to(device), col("truncated").to(device),
-                 [r["question"] for r in rows], [r["gold"] for r in rows], [r["text"] for r in rows])
+    for i, r in enumerate(rollouts):
+        ids[i, :len(r.prompt) + len(r.response)] = torch.tensor(r.prompt + r.response)
+        targets[i, :len(r.response)] = torch.tensor(r.response)
+        mask[i, :len(r.response)] = True
+    col = lambda k: torch.tensor([getattr(r, k) for r in rollouts], device=device)
+    return Batch(rollouts, ids.to(device), torch.tensor([len(r.prompt) for r in rollouts], device=device),
+                 targets.to(device), mask.to(device), col("reward"), col("correct"), col("truncated"))
 
 
 @torch.no_grad()
 def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, generator, device):
-    """Rollouts of one step -> (Batch, new data position, info).
+    """Rollouts of one step -> (Batch of the kept groups, every rollout drawn, new data position, info).
 
-    Dynamic sampling (DAPO, spec 1): a group whose rewards are all equal has A = 0 and
+    Dynamic sampling (DAPO, method 1): a group whose answers are all right or all wrong
     teaches nothing, so with --dynamic-sampling keep sampling rounds of --prompts-per-step
-    prompts until that many groups have mixed rewards, at most --max-sample-tries rounds.
-    If the cap is hit, all-equal groups fill the batch (as without dynamic sampling); the
-    number of mixed groups and rounds is logged.
+    prompts until that many groups are mixed, at most --max-sample-tries rounds. If the cap is
+    hit, unmixed groups fill the batch (as without dynamic sampling); info counts the mixed
+    groups kept and the rounds.
     """
     policy.eval()
     P, G = cfg.prompts_per_step, cfg.group_size
-    mixed, uniform, gen_tokens, t_gen, t_reward = [], [], 0, 0.0, 0.0
-    rounds = cfg.max_sample_tries if cfg.dynamic_sampling else 1
-    for tries in range(1, rounds + 1):
+    mixed, unmixed, drawn, t_gen, t_reward = [], [], [], 0.0, 0.0
+    for tries in range(1, (cfg.max_sample_tries if cfg.dynamic_sampling else 1) + 1):
         idx = take_problems(data_pos, P, len(train_set), cfg.seed)
         data_pos += P
-        t0 = time.time()
-        responses = generate_groups(policy, tok, cfg, [train_ids[j] for j in idx], generator)
-        t1 = time.time()
-        golds = [train_set[j].answer for j in idx for _ in range(G)]
-        texts, correct, truncated, reward = score_responses(responses, golds, tok, cfg)
-        t_gen, t_reward = t_gen + t1 - t0, t_reward + time.time() - t1
-        gen_tokens += sum(len(r) for r in responses)
-        is_mixed = group_is_mixed(reward, G)  # [P]
-        for g, j in enumerate(idx):
-            rows = slice(g * G, (g + 1) * G)
-            group = dict(prompt=[train_ids[j]] * G, prompt_len=[len(train_ids[j])] * G, response=responses[rows],
-                         reward=reward[rows].tolist(), correct=correct[rows].tolist(),
-                         truncated=truncated[rows].tolist(), question=[train_set[j].prompt] * G,
-                         gold=[train_set[j].answer] * G, text=texts[rows])
-            (mixed if bool(is_mixed[g]) or not cfg.dynamic_sampling else uniform).append(group)
-        if len(mixed) >= P:
+        rollouts, tg, tr = rollout_groups(policy, tok, cfg, [train_set[j] for j in idx], [train_ids[j] for j in idx],
+                                          generator)
+        drawn, t_gen, t_reward = drawn + rollouts, t_gen + tg, t_reward + tr
+        is_mixed = group_is_mixed(torch.tensor([r.correct for r in rollouts]), G)  # [P]
+        for g in range(P):
+            (mixed if is_mixed[g] else unmixed).append(rollouts[g * G:(g + 1) * G])
+        if len(mixed) >= P or not cfg.dynamic_sampling:
             break
-    info = dict(ds_tries=tries, ds_mixed_groups=min(len(mixed), P), gen_tokens=gen_tokens,
-                time_generate=t_gen, time_reward=t_reward)
-    return collate((mixed + uniform)[:P], tok.pad_id, device), data_pos, info
+    # Without dynamic sampling the batch is the one round, in order; with it, mixed groups first.
+    groups = (mixed + unmixed)[:P] if cfg.dynamic_sampling else [drawn[g * G:(g + 1) * G] for g in range(P)]
+    batch = collate([r for g in groups for r in g], tok.pad_id, device)
+    info = dict(ds_tries=tries, ds_mixed_groups=int(group_is_mixed(batch.correct, G).sum()), time_generate=t_gen,
+                time_reward=t_reward, gen_tokens=sum(len(r.response) for r in drawn))
+    return batch, drawn, data_pos, info
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -787,13 +781,13 @@ def response_logprobs(policy, batch: Batch, rows: slice, cfg: Config, with_entro
 def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
     """pi_old log-probs and entropies [B, T] (and the reference model's log-probs when
     kl_coef > 0), by a forward pass of the training model before the update, in the same
-    minibatches the update uses, so the first epoch's ratios are exactly 1."""
+    micro-batches the update uses, so the first epoch's ratios are exactly 1."""
     policy.eval()
     B, T = batch.mask.shape
     old, ent = torch.zeros(B, T, device=batch.mask.device), torch.zeros(B, T, device=batch.mask.device)
     ref = torch.zeros(B, T, device=batch.mask.device) if ref_policy is not None else None
-    for s in range(0, B, cfg.minibatch_size):
-        rows = slice(s, s + cfg.minibatch_size)
+    for s in range(0, B, cfg.micro_batch_size):
+        rows = slice(s, s + cfg.micro_batch_size)
         lp, e = response_logprobs(policy, batch, rows, cfg, with_entropy=True)
         old[rows, :lp.shape[1]], ent[rows, :lp.shape[1]] = lp, e
         if ref is not None:
@@ -813,73 +807,159 @@ def learning_rate(step: int, cfg: Config) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+MEAN_STATS = ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "approx_kl", "ratio_mean", "kl_ref")
+
+
 def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, ref_logp, cfg: Config):
-    """--ppo-epochs passes over the batch; each pass accumulates gradients over minibatches of
-    --minibatch-size rows and takes ONE optimizer step. The loss is normalised by the whole
-    batch's token / sequence counts, so the summed minibatch gradients equal the full batch's.
-    A pass whose loss or gradient norm is not finite is skipped (no optimizer step)."""
+    """--ppo-epochs passes over the batch; each pass accumulates gradients over micro-batches of
+    --micro-batch-size rows and takes ONE optimizer step. The loss is normalised by the whole
+    batch's token / sequence counts, so the summed micro-batch gradients equal the full batch's.
+    A pass whose loss or gradient norm is not finite is skipped (no optimizer step).
+
+    Returns (one dict per epoch, tokens processed). An epoch's numbers describe the whole batch
+    under the weights of that pass: token-weighted means of the micro-batches' means, the max of
+    their maxima for ratio_max, the full-batch loss, the gradient norm before clipping, skipped.
+    """
     policy.train()
     B = batch.mask.shape[0]
     lens = loss_mask.sum(1)
     counts = dict(num_tokens=lens.sum().clamp(min=1), num_seqs=(lens > 0).sum().clamp(min=1))
-    stats, n_stats, losses, grad_norms, skipped, tokens = {}, 0.0, [], [], 0, 0
+    epochs, tokens = [], 0
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0  # = the full-batch loss, since every minibatch is normalised by the batch's counts
-        for s in range(0, B, cfg.minibatch_size):
-            rows = slice(s, s + cfg.minibatch_size)
+        loss, sums, n, ratio_max = 0.0, {}, 0.0, 0.0
+        for s in range(0, B, cfg.micro_batch_size):
+            rows = slice(s, s + cfg.micro_batch_size)
             logp, _ = response_logprobs(policy, batch, rows, cfg)                 # [b, T]
             T = logp.shape[1]
             ref = None if ref_logp is None else ref_logp[rows, :T]
-            loss, st = policy_loss(logp, old_logp[rows, :T], token_adv[rows, :T], loss_mask[rows, :T], cfg,
-                                   ref_logp=ref, **counts)
-            loss.backward()
-            total += loss.item()
+            mb_loss, st = policy_loss(logp, old_logp[rows, :T], token_adv[rows, :T], loss_mask[rows, :T], cfg,
+                                      ref_logp=ref, **counts)
+            mb_loss.backward()
+            loss += mb_loss.item()  # a share of the full-batch loss (normalised by the batch's counts)
             tokens += int(batch.prompt_len[rows].sum() + batch.mask[rows].sum())
-            for k, v in st.items():  # token-weighted means over minibatches and epochs
-                if k != "pg_loss":   # (already a share of the full-batch loss, like `loss`)
-                    stats[k] = stats.get(k, 0.0) + v * st["num_tokens"]
-            n_stats += st["num_tokens"]
-        losses.append(total)
+            for k in MEAN_STATS:
+                if k in st:
+                    sums[k] = sums.get(k, 0.0) + st[k] * st["num_tokens"]
+            n += st["num_tokens"]
+            ratio_max = max(ratio_max, st["ratio_max"])
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm))
-        if not (math.isfinite(total) and math.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)  # skip: the weights and Adam moments stay as they were
-            skipped += 1
-            continue
-        optimizer.step()
-        grad_norms.append(grad_norm)
-    out = {k: v / max(n_stats, 1.0) for k, v in stats.items() if k != "num_tokens"}
-    out.update(loss=sum(losses) / len(losses), grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else None,
-               nonfinite_skipped=skipped, train_tokens=tokens)
-    return out
+        skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)  # the weights and Adam moments stay as they were
+        else:
+            optimizer.step()
+        epochs.append(dict({k: v / max(n, 1.0) for k, v in sums.items()}, ratio_max=ratio_max, loss=loss,
+                           grad_norm=grad_norm, skipped=skipped))
+    return epochs, tokens
 
 
-# ----------------------------------------------------------------------------- metrics
+# ----------------------------------------------------------------------------- metrics (method 6)
 
-def step_metrics(batch: Batch, adv, entropy, loss_mask, boosted_pos, boosted_neg, step0: int, cfg: Config) -> dict:
-    """Everything spec section 6 asks about the batch (the update's own numbers come from ppo_update)."""
+def batch_stats(rollouts: list[Rollout], adv: torch.Tensor) -> dict:
+    """Reward, accuracy, polarity shares and lengths of a list of rollouts with their advantages [B]."""
+    n = len(rollouts)
+    return dict(reward=sum(r.reward for r in rollouts) / n, accuracy=sum(r.correct for r in rollouts) / n,
+                frac_pos=float((adv > 0).float().mean()), frac_neg=float((adv < 0).float().mean()),
+                frac_zero=float((adv == 0).float().mean()), length=sum(len(r.response) for r in rollouts) / n,
+                truncated=sum(r.truncated for r in rollouts) / n)
+
+
+def step_metrics(batch: Batch, adv, entropy, loss_mask, boosted_pos, boosted_neg, alphas, drawn, cfg) -> dict:
+    """What the step's batch looked like: the kept batch (what the update trained on) and, with
+    the suffix _drawn, every rollout sampled this step (the policy's real accuracy, before
+    dynamic sampling chose groups). Entropies are of the kept batch (pi_old is computed there only)."""
     mask = batch.mask
     lengths = mask.sum(1).float()                                     # [B]
     pos, neg = adv > 0, adv < 0                                       # [B]
     mean = lambda x, m: float((x * m).sum() / m.sum()) if bool(m.any()) else float("nan")
     share = lambda b, m: float(b.sum() / m.sum()) if bool(m.any()) else 0.0
-    S = cfg.alpha_decay_steps or cfg.steps
-    alpha = lambda a0: alpha_schedule(a0, step0, S, cfg.alpha_schedule) if cfg.token_shaping else 1.0
-    pos_tok, neg_tok = loss_mask & pos[:, None], loss_mask & neg[:, None]
+    drawn_adv = compute_advantages(torch.tensor([r.reward for r in drawn]), cfg.group_size, cfg)
     return {
-        "reward": float(batch.reward.mean()), "accuracy": float(batch.correct.mean()),
-        "frac_pos": float(pos.float().mean()), "frac_neg": float(neg.float().mean()),
-        "frac_zero": float((adv == 0).float().mean()),
-        "boosted_pos": share(boosted_pos, pos_tok), "boosted_neg": share(boosted_neg, neg_tok),
-        "boosted": share(boosted_pos | boosted_neg, loss_mask),
-        "alpha_pos": alpha(cfg.alpha0_pos), "alpha_neg": alpha(cfg.alpha0_neg),
+        **batch_stats(batch.rollouts, adv.cpu()),
+        "length_pos": mean(lengths, pos), "length_neg": mean(lengths, neg),
         "entropy": mean(entropy, mask), "entropy_pos": mean(entropy, mask & pos[:, None]),
         "entropy_neg": mean(entropy, mask & neg[:, None]),
-        "length": float(lengths.mean()), "length_pos": mean(lengths, pos), "length_neg": mean(lengths, neg),
-        "truncated": float(batch.truncated.float().mean()),
+        "boosted_pos": share(boosted_pos, loss_mask & pos[:, None]),
+        "boosted_neg": share(boosted_neg, loss_mask & neg[:, None]),
+        "boosted": share(boosted_pos | boosted_neg, loss_mask),
+        "alpha_pos": alphas[0], "alpha_neg": alphas[1],
+        **{k + "_drawn": v for k, v in batch_stats(drawn, drawn_adv).items()}, "rollouts_drawn": len(drawn),
     }
 
+
+def update_metrics(epochs: list[dict]) -> dict:
+    """The update's numbers: the LAST epoch's under the plain names (in the first epoch the ratio
+    is exactly 1, so its clip fractions and KL are 0 by construction), every epoch in per_epoch."""
+    last = epochs[-1]
+    out = {k: v for k, v in last.items() if k != "skipped"}
+    out["nonfinite_skipped"] = sum(e["skipped"] for e in epochs)
+    out["per_epoch"] = {k: [e[k] for e in epochs] for k in out if k != "nonfinite_skipped"}
+    return out
+
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train_set, train_ids, state: dict):
+    """One RL step (step = 1 .. S): rollouts -> rewards -> pi_old -> advantages -> shaping -> PPO epochs.
+    Returns (metrics of method section 6, a few samples for samples.jsonl)."""
+    device = policy.output_weight.device
+    t0 = time.time()
+    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step), and the
+    #    data position is saved, so a resumed run draws exactly what an uninterrupted one would.
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+    batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
+                                                         gen, device)
+    t1 = time.time()
+    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them.
+    old_logp, entropy, ref_logp = old_logprobs(policy, ref_policy, batch, cfg)          # [B, T]
+    t2 = time.time()
+    # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
+    #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
+    adv = compute_advantages(batch.reward, cfg.group_size, cfg)                         # [B]
+    loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
+    alphas = boost_factors(step - 1, cfg)
+    tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
+    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, old_logp, loss_mask, alphas, cfg, entropy,
+                                                           tie_break)                   # [B, T]
+    # 4. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    epochs, train_tokens = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask, ref_logp, cfg)
+    t3 = time.time()
+
+    m = dict(step=step, split="train",
+             **step_metrics(batch, adv, entropy, loss_mask, boosted_pos, boosted_neg, alphas, drawn, cfg),
+             **update_metrics(epochs), lr=optimizer.param_groups[0]["lr"], ds_tries=info["ds_tries"],
+             ds_mixed_groups=info["ds_mixed_groups"],
+             gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
+             train_tokens_per_s=train_tokens / max(t3 - t2, 1e-9),
+             time_generate=info["time_generate"], time_reward=info["time_reward"],
+             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
+    G = cfg.group_size
+    samples = [dict(step=step, prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text, reward=r.reward,
+                    advantage=float(adv[i * G]))
+               for i, r in enumerate(batch.rollouts[:cfg.log_samples * G:G])]  # one response per group
+    return m, samples
+
+
+def progress_line(m: dict, cfg: Config, eta: float) -> str:
+    line = (f"step {m['step']:4d}/{cfg.steps} | reward {m['reward']:.3f} | acc {m['accuracy']:.3f} "
+            f"(drawn {m['accuracy_drawn']:.3f}) | ent {m['entropy']:.3f} | len {m['length']:.1f} | "
+            f"boost {100 * m['boosted']:.1f}% | {fmt_time(m['time_step'])} | eta {fmt_time(eta)}")
+    if cfg.dynamic_sampling and m["ds_tries"] > 1:  # the cap on tries is visible when hit
+        line += f" | mixed groups {m['ds_mixed_groups']}/{cfg.prompts_per_step} in {m['ds_tries']} tries"
+    if m["nonfinite_skipped"]:
+        line += f" | SKIPPED {m['nonfinite_skipped']} non-finite update(s)"
+    return line
+
+
+def fmt_time(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
@@ -918,26 +998,54 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids) -> dict:
     return out
 
 
-def append_jsonl(path: str, record: dict):
-    # NaN / inf (e.g. the entropy of positive samples when there are none) become null: strict JSON.
-    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
-
-
-def truncate_jsonl(path: str, last_step: int):
-    """On resume, drop lines logged after the checkpoint (a crash may have outrun it)."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    write_atomic(path, "".join(keep))
-
+# ----------------------------------------------------------------------------- files
 
 def write_atomic(path: str, text: str):
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def append_jsonl(path: str, record: dict):
+    # NaN / inf (e.g. the entropy of positive samples when there are none) become null: strict JSON.
+    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else \
+        [clean(x) for x in v] if isinstance(v, list) else {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(clean(record), allow_nan=False) + "\n")
+
+
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from a run folder; a corrupt file is an error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: corrupt {what} ({e})") from None
+    need(isinstance(obj, dict), f"{path}: corrupt {what} (not a JSON object)")
+    return obj
+
+
+def truncate_jsonl(path: str, last_step: int):
+    """On resume, drop lines logged after the checkpoint (a crash may have outrun it). A torn
+    last line (the disk filled during an append) is dropped with a note; any other unreadable
+    line is an error naming file:line."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    keep = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            need(all(not rest.strip() for rest in lines[i:]), f"{path}:{i}: not a JSON line; fix or delete it")
+            print(f"{path}:{i}: dropped a torn last line (an append that did not finish)")
+            break
+        if record["step"] <= last_step:
+            keep.append(line + "\n")
+    write_atomic(path, "".join(keep))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -952,7 +1060,7 @@ def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
     if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
         raise RuntimeError("refusing to checkpoint non-finite weights")
     final, tmp, old = (os.path.join(run_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(run_dir)
     model.save(policy, tok, tmp)
     opt = optimizer.state_dict()
     tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
@@ -967,6 +1075,14 @@ def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_stale_temporaries(run_dir: str):
+    """Folders a killed save left behind (checkpoint.tmp, model.save's hidden .checkpoint.tmp.tmp-*).
+    Only the process holding the run's lock saves there, so none of them is in use."""
+    for name in os.listdir(run_dir):
+        if name == "checkpoint.tmp" or name.startswith(".checkpoint."):
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
 def find_checkpoint(run_dir: str) -> str | None:
     for name in ("checkpoint", "checkpoint.old"):  # .old: a crash hit between the two renames
         if os.path.exists(os.path.join(run_dir, name, "trainer_state.json")):
@@ -977,15 +1093,19 @@ def find_checkpoint(run_dir: str) -> str | None:
 def load_trainer_state(ckpt: str, optimizer) -> dict:
     from safetensors.torch import load_file
 
-    with open(os.path.join(ckpt, "trainer_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
-    tensors = load_file(os.path.join(ckpt, "optimizer.safetensors"))
-    torch.set_rng_state(tensors.pop("rng.torch_cpu"))
-    opt_state = {}
-    for key, v in tensors.items():  # "state.<param index>.<name>"
-        _, i, name = key.split(".", 2)
-        opt_state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    state = read_json(os.path.join(ckpt, "trainer_state.json"), "trainer state")
+    path = os.path.join(ckpt, "optimizer.safetensors")
+    try:
+        tensors = load_file(path)
+        torch.set_rng_state(tensors.pop("rng.torch_cpu"))
+        opt_state = {}
+        for key, v in tensors.items():  # "state.<param index>.<name>"
+            _, i, name = key.split(".", 2)
+            opt_state.setdefault(int(i), {})[name] = v
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    except Exception as e:  # safetensors' own error, a missing key, a shape that does not fit
+        raise UserError(f"{path}: cannot restore the optimizer ({type(e).__name__}: {e})") from None
+    need(all(k in state for k in ("step", "data_pos")), f"{ckpt}/trainer_state.json: missing step / data_pos")
     return state
 
 
@@ -993,24 +1113,24 @@ def load_trainer_state(ckpt: str, optimizer) -> dict:
 
 def check_config(cfg: Config):
     """Trainer settings that cannot work fail here, before anything is loaded."""
-    def need(ok, msg):
-        if not ok:
-            raise ValueError(msg)
     B = cfg.prompts_per_step * cfg.group_size
-    for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "minibatch_size",
+    for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
                  "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
-        need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
+        need(getattr(cfg, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(cfg, name)})")
     need(cfg.adv_norm == "raw" or cfg.group_size >= 2,
          f"--group-size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
-    need(B % cfg.minibatch_size == 0, f"--minibatch-size {cfg.minibatch_size} does not divide the batch of "
+    need(B % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide the batch of "
          f"--prompts-per-step {cfg.prompts_per_step} x --group-size {cfg.group_size} = {B} responses")
-    need(cfg.temperature > 0, f"--temperature {cfg.temperature}: training needs > 0 (log-probs use hidden / T)")
+    need(0 < cfg.temperature <= 100, f"--temperature {cfg.temperature}: training needs (0, 100] (log-probs use hidden / T)")
     need(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p} must be in (0, 1]")
-    need(cfg.lr_schedule in ("constant", "cosine"), f"--lr-schedule {cfg.lr_schedule!r}: constant or cosine")
-    need(cfg.dtype in ("auto", "float32", "bfloat16"), f"--dtype {cfg.dtype!r}: auto, float32 or bfloat16")
     need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = torch's default)")
-    need(cfg.lr >= 0 and cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--lr, --warmup-steps, --weight-decay must be >= 0")
-    need(len(cfg.eval_k) > 0 and min(cfg.eval_k) >= 1, f"--eval-k {cfg.eval_k}: give one or more k >= 1")
+    need(0 <= cfg.lr <= 1, f"--lr {cfg.lr} must be in [0, 1]")
+    need(cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
+    need(cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip} must be >= 0 (0 = no clipping)")
+    need(len(cfg.eval_k) > 0 and min(cfg.eval_k) >= 1, f"--eval-k {' '.join(map(str, cfg.eval_k))}: give one or more k >= 1")
+    need(cfg.overlong_cache is None or 0 <= cfg.overlong_cache < cfg.max_new_tokens,
+         f"--overlong-cache {cfg.overlong_cache}: must be in [0, --max-new-tokens {cfg.max_new_tokens}) "
+         f"(a cache as long as the limit would make the soft penalty a plain length penalty)")
     need(cfg.data == "synthetic" or os.path.isfile(cfg.data), f"--data {cfg.data}: no such file (or 'synthetic')")
     need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
     path = resolve_model_path(cfg.model)
@@ -1024,96 +1144,109 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device(cfg.device)
 
 
-def run_dir_for(cfg: Config) -> str:
-    return cfg.run_dir or os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
+def new_run_dir(cfg: Config) -> str:
+    # seed and pid: two runs started in the same second never share a folder
+    return os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}-{os.getpid()}")
 
 
-def fmt_time(s: float) -> str:
-    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+def lock_run_dir(run_dir: str) -> str:
+    """Take run_dir/lock (our pid in it) so that a second process cannot train in the same folder;
+    a lock whose process is gone is taken over. Returns the lock's path (removed at the end)."""
+    path = os.path.join(run_dir, "lock")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                holder = f.read().strip()
+            alive = holder.isdigit() and pid_alive(int(holder))
+            need(not alive, f"{run_dir} is in use by process {holder} (its lock: {path})")
+            os.remove(path)  # left by a process that died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    raise UserError(f"{path}: cannot take the lock")
 
 
-def install_ctrl_c():
-    """First Ctrl-C: finish the running step, save a checkpoint, exit cleanly. A second
-    Ctrl-C aborts at once (the last checkpoint on disk stays intact)."""
-    stop = {"requested": False}
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def install_stop_signals():
+    """First Ctrl-C (SIGINT) or SIGTERM (what timeout, SLURM and Kubernetes send before they
+    kill): finish the running step, save a checkpoint, exit 130 / 143. A second signal aborts at
+    once (the last checkpoint on disk stays intact). Returns (stop dict, a function that restores
+    the previous handlers)."""
+    stop = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
-        return stop, None
+        return stop, lambda: None
 
     def handler(signum, frame):
-        if stop["requested"]:
+        if stop["signal"] is not None:
             raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts)", flush=True)
+        stop["signal"] = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(a second signal aborts)", flush=True)
 
-    return stop, signal.signal(signal.SIGINT, handler)
-
-
-def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train_set, train_ids, state: dict):
-    """One RL step: rollouts -> rewards -> advantages -> shaping -> PPO epochs.
-    Returns (metrics of spec section 6, a few samples for samples.jsonl)."""
-    device = policy.output_weight.device
-    t0 = time.time()
-    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step), and the
-    #    data position is saved, so a resumed run draws exactly what an uninterrupted one would.
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-    batch, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"], gen, device)
-    t1 = time.time()
-    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them.
-    old_logp, entropy, ref_logp = old_logprobs(policy, ref_policy, batch, cfg)          # [B, T]
-    t2 = time.time()
-    # 3. Advantages: group-relative (spec 1), then polarity and token-level shaping (spec 2, 3).
-    adv = compute_advantages(batch.reward, cfg.group_size, cfg)                         # [B]
-    loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
-    token_adv, boosted_pos, boosted_neg = shape_advantages(
-        adv, old_logp, loss_mask, step - 1, cfg.steps, cfg, entropy=entropy)            # [B, T]
-    # 4. --ppo-epochs optimizer steps on the clipped surrogate (spec 4).
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(step, cfg)
-    upd = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask, ref_logp, cfg)
-    t3 = time.time()
-
-    m = dict(step=step, split="train", **step_metrics(batch, adv, entropy, loss_mask, boosted_pos, boosted_neg,
-                                                       step - 1, cfg))
-    m.update({k: v for k, v in upd.items() if k != "train_tokens"})
-    m.update(lr=optimizer.param_groups[0]["lr"], ds_tries=info["ds_tries"], ds_mixed_groups=info["ds_mixed_groups"],
-             gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
-             train_tokens_per_s=upd["train_tokens"] / max(t3 - t2, 1e-9),
-             time_generate=info["time_generate"], time_reward=info["time_reward"],
-             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
-    G = cfg.group_size
-    samples = [dict(step=step, prompt=batch.questions[i], gold=batch.golds[i], completion=batch.texts[i],
-                    reward=float(batch.reward[i]), advantage=float(adv[i]))
-               for i in range(0, min(cfg.log_samples * G, len(batch.texts)), G)]  # one response per group
-    return m, samples
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return stop, lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
-def progress_line(m: dict, cfg: Config, eta: float) -> str:
-    line = (f"step {m['step']:4d}/{cfg.steps} | reward {m['reward']:.3f} | acc {m['accuracy']:.3f} | "
-            f"ent {m['entropy']:.3f} | len {m['length']:.1f} | boost {100 * m['boosted']:.1f}% | "
-            f"{fmt_time(m['time_step'])} | eta {fmt_time(eta)}")
-    if cfg.dynamic_sampling and m["ds_tries"] > 1:  # the cap on tries is visible when hit
-        line += f" | mixed groups {m['ds_mixed_groups']}/{cfg.prompts_per_step} in {m['ds_tries']} tries"
-    if m["nonfinite_skipped"]:
-        line += f" | SKIPPED {m['nonfinite_skipped']} non-finite update(s)"
-    return line
-
-
-def train(cfg: Config) -> dict:
-    """The whole run. Returns {"before": eval dict, "after": eval dict, "run_dir", "stopped"}."""
-    check_config(cfg)
-    device = pick_device(cfg)
+def resolve_defaults(cfg: Config) -> Config:
+    """Fill in the settings whose default depends on others, so config.json records the values used."""
     if cfg.loss_agg == "token-sum-norm" and cfg.loss_agg_constant is None:  # Dr. GRPO: the generation budget
-        cfg = dataclasses.replace(cfg, loss_agg_constant=float(cfg.max_new_tokens))
-    run_dir = cfg.resume or run_dir_for(cfg)
-    cfg = dataclasses.replace(cfg, run_dir=run_dir)
-    ckpt = find_checkpoint(run_dir)
-    if cfg.resume and ckpt is None:
-        raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there")
-    if not cfg.resume and ckpt is not None:
-        raise FileExistsError(f"{run_dir} already holds a run: --resume {run_dir} continues it")
-    train_set, eval_set = load_data(cfg)
+        cfg = replace(cfg, loss_agg_constant=float(cfg.max_new_tokens))
+    if cfg.overlong_cache is None:
+        cfg = replace(cfg, overlong_cache=cfg.max_new_tokens // 5)
+    return cfg
 
-    policy, tok = model.load(ckpt or resolve_model_path(cfg.model), device=device)
+
+def load_policy(path: str, cfg: Config, device):
+    """model.load + the trainer's own checks: an EOS to end responses, finite weights."""
+    policy, tok = model.load(path, device=device)
+    if cfg.eos_token:
+        model.set_eos(tok, cfg.eos_token)
+    need(bool(tok.eos_ids), f"{path}: its config files name no EOS token, so responses could never end: "
+         f"pass --eos-token TOKEN (e.g. --eos-token '<|im_end|>')")
+    model.check_finite(policy, path)
+    return policy, tok
+
+
+@dataclass
+class Run:  # everything a run needs, loaded and checked before the first step
+    cfg: Config
+    policy: torch.nn.Module
+    ref_policy: torch.nn.Module | None
+    tok: model.Tokenizer
+    optimizer: torch.optim.Optimizer
+    train_set: list
+    eval_set: list
+    train_ids: list
+    eval_ids: list
+    state: dict
+    lock: str
+
+
+def prepare(cfg: Config) -> Run:
+    """Check the settings, load data, model, optimizer and (on --resume) the checkpoint, and take
+    the run folder. Every error a user can cause happens here, before any compute."""
+    check_config(cfg)
+    cfg = resolve_defaults(cfg)
+    device = pick_device(cfg)
+    run_dir = cfg.resume or cfg.run_dir or new_run_dir(cfg)
+    cfg = replace(cfg, run_dir=run_dir)
+    ckpt = find_checkpoint(run_dir)
+    need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
+    need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
+    train_set, eval_set = load_data(cfg)
+    policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
     context = policy.config.max_position_embeddings
     train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
     eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
@@ -1123,39 +1256,53 @@ def train(cfg: Config) -> dict:
     if cfg.kl_coef > 0:
         ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     os.makedirs(run_dir, exist_ok=True)
-    metrics_path, samples_path = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "samples.jsonl")
-    write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
-    if ckpt:
-        state = load_trainer_state(ckpt, optimizer)
-        truncate_jsonl(metrics_path, state["step"])
-        truncate_jsonl(samples_path, state["step"])
-        print(f"resumed {run_dir} at step {state['step']}")
-    else:
-        for path in (metrics_path, samples_path):
-            open(path, "w").close()
-        torch.manual_seed(cfg.seed)
-        state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
-    print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on {device}, "
-          f"{len(train_set)} training / {len(eval_set)} held-out problems, {cfg.steps} steps of "
-          f"{cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {run_dir}", flush=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        remove_stale_temporaries(run_dir)
+        if ckpt:
+            state = load_trainer_state(ckpt, optimizer)
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                truncate_jsonl(os.path.join(run_dir, name), state["step"])
+        else:
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                open(os.path.join(run_dir, name), "w").close()
+            torch.manual_seed(cfg.seed)
+            state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
+        write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+    except BaseException:
+        os.remove(lock)
+        raise
+    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, eval_set, train_ids, eval_ids, state, lock)
+
+
+def run_training(run: Run) -> dict:
+    """The steps, evaluations and checkpoints of a prepared run. Returns {"before": eval dict,
+    "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
+    cfg, policy, tok, state = run.cfg, run.policy, run.tok, run.state
+    metrics_path, samples_path = (os.path.join(cfg.run_dir, n) for n in ("metrics.jsonl", "samples.jsonl"))
+    if state["step"]:
+        print(f"resumed {cfg.run_dir} at step {state['step']}")
+    print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
+          f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
+          f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}", flush=True)
 
     def run_eval(step):
         t0 = time.time()
-        ev = evaluate(policy, tok, cfg, eval_set, eval_ids)
+        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids)
         append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
         print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
               + f" | {fmt_time(time.time() - t0)}", flush=True)
         return ev
 
-    stop, previous_handler = install_ctrl_c()
+    stop, restore_signals = install_stop_signals()
     t_start, first_step, step_seconds = time.time(), state["step"] + 1, 0.0
     try:
         if state["eval_before"] is None:
             state["eval_before"] = state["eval_last"] = run_eval(0)
         for step in range(first_step, cfg.steps + 1):
-            m, samples = train_step(step, policy, ref_policy, optimizer, tok, cfg, train_set, train_ids, state)
+            m, samples = train_step(step, policy, run.ref_policy, run.optimizer, tok, cfg, run.train_set,
+                                    run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
             append_jsonl(metrics_path, m)
@@ -1166,23 +1313,29 @@ def train(cfg: Config) -> dict:
 
             if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 state["eval_last"] = run_eval(step)
-            if step == cfg.steps or stop["requested"] or (cfg.save_every and step % cfg.save_every == 0):
-                save_checkpoint(run_dir, policy, tok, optimizer, state)  # skipped updates never changed the weights
-            if stop["requested"]:
-                print(f"stopped after step {step}; continue with: python a3po.py --resume {run_dir}")
-                return dict(before=state["eval_before"], after=None, run_dir=run_dir, stopped=True)
+            if step == cfg.steps or stop["signal"] or (cfg.save_every and step % cfg.save_every == 0):
+                save_checkpoint(cfg.run_dir, policy, tok, run.optimizer, state)  # skipped updates never changed the weights
+            if stop["signal"] and step < cfg.steps:
+                print(f"stopped after step {step}; continue with: python a3po.py --resume {cfg.run_dir}")
+                return dict(before=state["eval_before"], after=None, run_dir=cfg.run_dir, stopped=stop["signal"])
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        restore_signals()
+        if os.path.exists(run.lock):
+            os.remove(run.lock)
 
-    print_summary(state["eval_before"], state["eval_last"], cfg, state, time.time() - t_start, run_dir, len(eval_set))
-    return dict(before=state["eval_before"], after=state["eval_last"], run_dir=run_dir, stopped=False)
+    print_summary(state["eval_before"], state["eval_last"], cfg, state, time.time() - t_start, len(run.eval_set))
+    return dict(before=state["eval_before"], after=state["eval_last"], run_dir=cfg.run_dir, stopped=None)
 
 
-def print_summary(before: dict, after: dict, cfg: Config, state: dict, seconds: float, run_dir: str, n_eval: int):
+def train(cfg: Config) -> dict:
+    """The whole run: prepare, then train. See run_training for what it returns."""
+    return run_training(prepare(cfg))
+
+
+def print_summary(before: dict, after: dict, cfg: Config, state: dict, seconds: float, n_eval: int):
     """Before / after table; the LAST line is `pass@1: <before>% -> <after>%` for scripts."""
     print(f"\ndone: {state['step']} steps in {fmt_time(seconds)}, {state['nonfinite_skipped']} non-finite "
-          f"update(s) skipped; checkpoint in {os.path.join(run_dir, 'checkpoint')}")
+          f"update(s) skipped; checkpoint in {os.path.join(cfg.run_dir, 'checkpoint')}")
     print(f"held-out: {n_eval} problems, {max(cfg.eval_k)} samples each at temperature {cfg.temperature}")
     print(f"  {'':14s} {'before':>8s} {'after':>8s}")
     for k in after:
@@ -1191,14 +1344,19 @@ def print_summary(before: dict, after: dict, cfg: Config, state: dict, seconds: 
     print(f"pass@1: {100 * before['pass@1']:.1f}% -> {100 * after['pass@1']:.1f}%", flush=True)
 
 
-def eval_only(cfg: Config) -> dict:
-    """--eval-only: evaluate --model (any checkpoint folder) on the held-out problems."""
+def prepare_eval(cfg: Config):
+    """--eval-only's loading: (policy, tok, held-out problems, their prompt ids)."""
     check_config(cfg)
-    device = pick_device(cfg)
     _, eval_set = load_data(cfg)
-    policy, tok = model.load(resolve_model_path(cfg.model), device=device)
+    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, pick_device(cfg))
     eval_ids = encode_prompts(eval_set, tok, cfg, policy.config.max_position_embeddings,
                               "--eval-data " + (cfg.eval_data or cfg.data))
+    return policy, tok, eval_set, eval_ids
+
+
+def eval_only(cfg: Config, loaded=None) -> dict:
+    """--eval-only: evaluate --model (any checkpoint folder) on the held-out problems."""
+    policy, tok, eval_set, eval_ids = loaded or prepare_eval(cfg)
     ev = evaluate(policy, tok, cfg, eval_set, eval_ids)
     for k, v in ev.items():
         print(f"{k:14s} {v:.4f}")
@@ -1208,58 +1366,54 @@ def eval_only(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def field_help() -> dict[str, str]:
-    """One --help line per Config field, read from the comments in Config's source (the
-    `# --- spec N: ...` headers and each field's trailing comment), so they cannot drift."""
-    helps, section, block = {}, "spec 5", []
-    for line in inspect.getsource(Config).splitlines()[1:]:
-        s = line.strip()
-        if s.startswith("def "):
-            break
-        header = re.match(r"# -+ ([^:]+):", s)  # "# --- spec 1: group-relative advantage"
-        field = re.match(r"(\w+)\s*:[^=]+=[^#]*(?:#\s*(.*))?$", s)
-        if header:
-            section, block = header.group(1), []
-        elif s.startswith("#"):
-            block.append(s.lstrip("# "))
-        elif field:
-            block_text = " ".join(block)  # no trailing comment: the first sentence of the block above
-            text = field.group(2) or re.match(r"(.*?[a-z0-9)]{2}\.)(\s|$)|(.*)", block_text).group(0).strip()
-            helps[field.group(1)] = f"[{section}] {text}"
-            block = []
-    return helps
+def show(v) -> str:
+    return "on" if v is True else "off" if v is False else " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
-CHOICES = dict(adv_norm=ADV_NORMS, raw_adv=RAW_ADVS, alpha_schedule=ALPHA_SCHEDULES, token_criterion=TOKEN_CRITERIA,
-               pos_tail=TAILS, neg_tail=TAILS, loss_agg=LOSS_AGGS, lr_schedule=("constant", "cosine"),
-               data_format=("auto", "gsm8k", "math", "generic"), template=tuple(tasks.TEMPLATES),
-               dtype=("auto", "float32", "bfloat16"))
+def optional(convert):
+    """A flag converter that also takes 'none' (turns the setting off)."""
+    def parse(text):
+        return None if text == "none" else convert(text)
+    parse.__name__ = convert.__name__  # argparse names the type in its error message
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every Config field is a flag. Defaults are SUPPRESSed so that parse_args returns only
-    the flags the user typed: those override the preset chosen by --algo."""
+    """One flag per Config field, its help from the field. Defaults are SUPPRESSed so that
+    parse_args returns only the flags the user typed: those override the preset of --algo."""
     p = argparse.ArgumentParser(
-        prog="a3po.py", argument_default=argparse.SUPPRESS,
-        description="A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU. "
-                    "With no arguments: the a3po preset on the shipped model and synthetic task.")
-    helps, defaults = field_help(), Config()
-    for f in dataclasses.fields(Config):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        text = f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%")
+        prog="a3po", argument_default=argparse.SUPPRESS,
+        description="A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU. With no "
+                    "arguments: the a3po preset on the shipped model and synthetic task. [method N] tags name the "
+                    "sections of docs/method.md. A setting whose default is 'none' is off unless given; "
+                    "'--X none' turns it off again.")
+    defaults = Config()
+    for f in fields(Config):
+        meta, default = f.metadata, getattr(defaults, f.name)
+        tag = "[trainer]" if meta["section"] == "trainer" else f"[method {meta['section']}]"
+        text = f"{tag} {meta['help']}"
+        if default is not None:
+            text += f" (default: {show(default)}"
+            if f.name in PRESET_FIELDS:  # the presets that set another value
+                other = {}
+                for a, v in PRESETS.items():
+                    if v[f.name] != default:
+                        other.setdefault(show(v[f.name]), []).append(a)
+                text += "".join(f"; --algo {', '.join(a)}: {v}" for v, a in other.items())
+            text += ")"
+        names = ["--" + flag(f.name)] + (["--minibatch-size"] if f.name == "micro_batch_size" else [])
         args = typing.get_args(f.type)
         base = next((a for a in args if a is not type(None)), f.type) if type(None) in args else f.type
-        if f.name == "algo":
-            p.add_argument(flag, choices=list(PRESETS), help=text)
-        elif base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        kw = dict(dest=f.name, help=text.replace("%", "%%"))
+        if base is bool:
+            p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(base) is tuple:
-            p.add_argument(flag, type=int, nargs="+", metavar="K", help=text)
-        elif f.name in CHOICES:
-            p.add_argument(flag, choices=CHOICES[f.name], help=text)
+            p.add_argument(*names, type=int, nargs="+", metavar="K", **kw)
+        elif meta["choices"]:
+            p.add_argument(*names, choices=list(meta["choices"]) + (["none"] if f.default is None else []), **kw)
         else:  # "none" turns an optional setting off
-            conv = (lambda b: lambda s: None if s.lower() == "none" else b(s))(base) if type(None) in args else base
-            p.add_argument(flag, type=conv, metavar={int: "N", float: "X"}.get(base, "S"), help=text)
+            conv = optional(base) if f.default is None else base
+            p.add_argument(*names, type=conv, metavar={int: "N", float: "X"}.get(base, "S"), **kw)
     return p
 
 
@@ -1267,29 +1421,47 @@ def parse_config(argv=None) -> Config:
     """Config defaults <- --algo preset <- the flags given. With --resume RUN_DIR: the run's
     saved config.json <- the flags given (e.g. a larger --steps to extend it)."""
     given = vars(build_parser().parse_args(argv))
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    optional = {f.name for f in fields(Config) if f.default is None}
+    given = {k: None if k in optional and v == "none" else tuple(v) if isinstance(v, list) else v
+             for k, v in given.items()}
     if "resume" in given:
         path = os.path.join(given["resume"], "config.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume {given['resume']}: no config.json there")
-        if "algo" in given:
-            raise ValueError("--algo cannot change on --resume (the preset is in the run's config.json)")
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
+        need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
+        saved = read_json(path, "run config")
+        if "minibatch_size" in saved:  # runs saved before the rename
+            saved["micro_batch_size"] = saved.pop("minibatch_size")
+        unknown = sorted(set(saved) - {f.name for f in fields(Config)})
+        need(not unknown, f"{path}: unknown setting(s) {', '.join(unknown)} (written by another version of a3po.py?)")
         saved["eval_k"] = tuple(saved["eval_k"])
-        return dataclasses.replace(Config(**saved), **given)
+        try:
+            return replace(Config(**saved), **given)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
     return apply_preset(given.pop("algo", Config().algo), given)
 
 
 def main(argv=None):
-    cfg = parse_config(argv)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    """Errors in the flags, files or data print one line and exit 2; a bug keeps its traceback.
+    Exit 130 / 143 after a Ctrl-C / SIGTERM (the run saved its checkpoint first)."""
     try:
-        return eval_only(cfg) if cfg.eval_only else train(cfg)
+        cfg = parse_config(argv)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
+    except (ValueError, OSError) as e:  # UserError, the data / model loaders' file:line errors, missing files
+        print(f"a3po: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if cfg.eval_only:
+        return eval_only(cfg, loaded)
+    try:
+        result = run_training(loaded)
     except KeyboardInterrupt:
         print("\naborted (the last checkpoint, if any, is intact)")
         raise SystemExit(130)
+    if result["stopped"]:
+        raise SystemExit(128 + result["stopped"])
+    return result
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 
 import a3po
 import model
+from data import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_DIGITS = 4
@@ -79,7 +80,7 @@ def tiny_args(tiny, run_dir, *extra):
     return ["--model", str(tiny / "model"), "--data", str(tiny / "train.jsonl"),
             "--eval-data", str(tiny / "eval.jsonl"), "--prompt-key", "q", "--answer-key", "a",
             "--template", "plain", "--steps", "4", "--prompts-per-step", "4", "--group-size", "4",
-            "--minibatch-size", "8", "--max-new-tokens", "4", "--eval-size", "8", "--eval-k", "1", "2", "4",
+            "--micro-batch-size", "8", "--max-new-tokens", "4", "--eval-size", "8", "--eval-k", "1", "2", "4",
             "--lr", "3e-3", "--warmup-steps", "1", "--run-dir", str(run_dir), *extra]
 
 
@@ -155,12 +156,13 @@ def test_resume_is_exact_and_ctrl_c_saves(tiny, tmp_path, monkeypatch):
         return real_update(*args, **kwargs)
 
     monkeypatch.setattr(a3po, "ppo_update", update_then_ctrl_c)
+    handler_before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     result = a3po.train(a3po.parse_config(tiny_args(tiny, interrupted)))
     assert result["stopped"] and len(calls) == 2
     with open(interrupted / "checkpoint" / "trainer_state.json") as f:
         assert json.load(f)["step"] == 2
     monkeypatch.setattr(a3po, "ppo_update", real_update)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
 
     a3po.train(a3po.parse_config(["--resume", str(interrupted)]))
     a = [deterministic(m) for m in read_jsonl(straight / "metrics.jsonl")]
@@ -184,9 +186,9 @@ def test_nonfinite_update_is_skipped_and_never_saved(tiny, tmp_path, monkeypatch
 
     monkeypatch.setattr(a3po, "policy_loss", nan_once)
     run = tmp_path / "run"
-    # one step, one minibatch, one epoch: the only update is the NaN one
+    # one step, one micro-batch, one epoch: the only update is the NaN one
     a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "1", "--ppo-epochs", "1",
-                                           "--minibatch-size", "16", "--weight-decay", "0.1")))
+                                           "--micro-batch-size", "16", "--weight-decay", "0.1")))
     m = [m for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "train"][0]
     assert m["nonfinite_skipped"] == 1 and m["grad_norm"] is None  # no update was taken
     before = model.load(str(tiny / "model"))[0].state_dict()
@@ -207,58 +209,114 @@ def test_nonfinite_update_is_skipped_and_never_saved(tiny, tmp_path, monkeypatch
 
 # ----------------------------------------------------------------------------- pieces
 
-def test_minibatch_accumulation_equals_full_batch(tiny, monkeypatch):
-    """Accumulating over 4 minibatches gives the same update as one pass over the batch, for
+def tiny_batch(net, tok, n_prompts=4, G=4, new_tokens=5, seed=0):
+    """A batch of real rollouts of the tiny model, rewards alternating 1 / 0 within each group."""
+    gen = torch.Generator().manual_seed(seed)
+    rollouts = []
+    for i in range(n_prompts):
+        p = tok.encode(f"q{i % N_DIGITS}")
+        for j, response in enumerate(model.generate(net, [p] * G, new_tokens, generator=gen)[0]):
+            rollouts.append(a3po.Rollout(p, response, "", tasks.Problem("q", "0"), float(j % 2), float(j % 2), False))
+    return a3po.collate(rollouts, tok.pad_id, torch.device("cpu"))
+
+
+def shaped(batch, old, ent, cfg, G=4):
+    adv = a3po.compute_advantages(batch.reward, G, cfg)
+    return a3po.shape_advantages(adv, old, batch.mask, a3po.boost_factors(0, cfg), cfg, ent, torch.Generator())[0]
+
+
+def test_micro_batch_accumulation_equals_full_batch(tiny):
+    """Accumulating over 4 micro-batches gives the same update as one pass over the batch, for
     every aggregation (the normaliser is the whole batch's token / sequence count)."""
     net, tok = model.load(str(tiny / "model"))
-    prompts = [tok.encode(f"q{i % N_DIGITS}") for i in range(4)]
-    gen = torch.Generator().manual_seed(0)
-    groups = []
-    for g, p in enumerate(prompts):
-        responses = model.generate(net, [p] * 4, 5, generator=gen)[0]
-        groups.append(dict(prompt=[p] * 4, prompt_len=[len(p)] * 4, response=responses,
-                           reward=[float(i % 2) for i in range(4)], correct=[float(i % 2) for i in range(4)],
-                           truncated=[False] * 4, question=["q"] * 4, gold=["0"] * 4, text=[""] * 4))
-    batch = a3po.collate(groups, tok.pad_id, torch.device("cpu"))
-    for agg in a3po.LOSS_AGGS:
+    batch = tiny_batch(net, tok)
+    for agg in next(f.metadata["choices"] for f in dataclasses.fields(a3po.Config) if f.name == "loss_agg"):
         results = []
         for mb in (16, 4):
-            cfg = a3po.apply_preset("a3po", dict(minibatch_size=mb, ppo_epochs=1, loss_agg=agg,
+            cfg = a3po.apply_preset("a3po", dict(micro_batch_size=mb, ppo_epochs=1, loss_agg=agg,
                                                  loss_agg_constant=5.0, grad_clip=0.0))
             net, _ = model.load(str(tiny / "model"))
             opt = torch.optim.SGD(net.parameters(), lr=1.0)
             old, ent, _ = a3po.old_logprobs(net, None, batch, cfg)
-            adv = a3po.compute_advantages(batch.reward, 4, cfg)
-            tok_adv, _, _ = a3po.shape_advantages(adv, old, batch.mask, 0, 10, cfg, entropy=ent)
-            stats = a3po.ppo_update(net, opt, batch, old, tok_adv, batch.mask, None, cfg)
-            results.append((stats, [p.detach().clone() for p in net.parameters()]))
+            epochs, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, None, cfg)
+            results.append((epochs[0], [p.detach().clone() for p in net.parameters()]))
         (s16, w16), (s4, w4) = results
         assert s16["grad_norm"] == pytest.approx(s4["grad_norm"], rel=1e-5), agg
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w16, w4)), agg
-        assert s16["approx_kl"] == 0 and s16["ratio_mean"] == 1  # first pass: pi_theta == pi_old exactly
+        assert s16["approx_kl"] == 0 and s16["ratio_mean"] == 1 and s16["ratio_max"] == 1  # pi_theta == pi_old
 
 
-def test_response_logprobs_match_full_logits(tiny):
-    """Position bookkeeping: log p of each response token == log_softmax(forward logits / T) of
-    the position before it, on right-padded rows of different prompt and response lengths."""
-    net, tok = model.load(str(tiny / "model"), dtype=torch.float64)
-    prompts = [[3], [4, 5, 6], [7, 8]]
-    responses = [[9, 10, 1], [2], [11, 12, 3, 4]]
-    groups = [dict(prompt=prompts, prompt_len=[len(p) for p in prompts], response=responses,
-                   reward=[0.0] * 3, correct=[0.0] * 3, truncated=[False] * 3, question=[""] * 3,
-                   gold=[""] * 3, text=[""] * 3)]
-    batch = a3po.collate(groups, tok.pad_id, torch.device("cpu"))
-    cfg = a3po.apply_preset("a3po", dict(temperature=0.7))
-    logp, ent = a3po.response_logprobs(net, batch, slice(0, 3), cfg, with_entropy=True)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        with torch.no_grad():
-            logits = net(torch.tensor([p + r])).double()[0] / 0.7             # [L, V]
-        ref = torch.log_softmax(logits, -1)
-        for t, target in enumerate(r):
-            assert logp[i, t].item() == pytest.approx(ref[len(p) - 1 + t, target].item(), abs=1e-5)
-            q = ref[len(p) - 1 + t].exp()
-            assert ent[i, t].item() == pytest.approx(-(q * ref[len(p) - 1 + t]).sum().item(), abs=1e-5)
-        assert (logp[i, len(r):] == 0).all()
+def test_update_statistics_are_the_last_epochs_exact_numbers(tiny):
+    """ratio_max is the batch's maximum ratio and the clip fractions / KL are those of the last
+    epoch, checked against the ratios recomputed in float64 under the weights after epoch 1
+    (one epoch of the same update, run again from the same start)."""
+    net, tok = model.load(str(tiny / "model"))
+    batch = tiny_batch(net, tok, n_prompts=8)
+    cfg = a3po.apply_preset("a3po", dict(micro_batch_size=8, ppo_epochs=2, grad_clip=0.0, clip_c=3.0))
+    old, ent, _ = a3po.old_logprobs(net, None, batch, cfg)
+    token_adv = shaped(batch, old, ent, cfg)
+
+    def update(epochs):
+        net, _ = model.load(str(tiny / "model"))
+        opt = torch.optim.SGD(net.parameters(), lr=30.0)  # a big step: ratios far from 1, clipping on both sides
+        stats, _ = a3po.ppo_update(net, opt, batch, old, token_adv, batch.mask, None, dataclasses.replace(cfg, ppo_epochs=epochs))
+        return net, stats
+
+    after_one, _ = update(1)
+    _, stats = update(2)
+    with torch.no_grad():
+        lp1, _ = a3po.response_logprobs(after_one, batch, slice(0, len(batch.rollouts)), cfg)
+    m = batch.mask
+    r = torch.exp(lp1.double() - old.double())[m]                    # the second epoch's ratios [N]
+    a = token_adv.double()[m]
+    last = a3po.update_metrics(stats)
+    assert last["ratio_max"] == pytest.approx(float(r.max()), rel=1e-5) and last["ratio_max"] > 1.5
+    assert last["ratio_mean"] == pytest.approx(float(r.mean()), rel=1e-5)
+    assert last["clipfrac_high"] == pytest.approx(float(((a > 0) & (r > 1.28)).double().mean()), abs=1e-6)
+    assert last["clipfrac_low"] == pytest.approx(float(((a < 0) & (r < 0.8)).double().mean()), abs=1e-6)
+    assert last["clipfrac_dual"] == pytest.approx(float(((a < 0) & (r > 3.0)).double().mean()), abs=1e-6)
+    assert last["approx_kl"] == pytest.approx(float((r - 1 - r.log()).mean()), rel=1e-4)
+    assert last["clipfrac_high"] + last["clipfrac_low"] > 0.05
+    assert last["per_epoch"]["ratio_max"][0] == 1 and last["per_epoch"]["clipfrac_high"][0] == 0  # epoch 1: r == 1
+    assert last["nonfinite_skipped"] == 0 and len(last["per_epoch"]["loss"]) == 2
+
+
+def test_metrics_of_kept_and_drawn_rollouts(tiny, tmp_path, monkeypatch):
+    """accuracy / reward / length are of the kept batch, *_drawn of every rollout sampled in the
+    step; ds_mixed_groups counts groups that really hold a right and a wrong answer, with or
+    without dynamic sampling, and dynamic sampling keeps groups mixed by CORRECTNESS (with the
+    overlong penalty on, all-wrong groups of different lengths have unequal rewards)."""
+    rounds, kept = [], []
+    real_rollouts, real_collate = a3po.rollout_groups, a3po.collate
+    monkeypatch.setattr(a3po, "rollout_groups", lambda *a, **k: rounds.append(real_rollouts(*a, **k)) or rounds[-1])
+    monkeypatch.setattr(a3po, "collate", lambda rollouts, *a: kept.append(rollouts) or real_collate(rollouts, *a))
+    mean = lambda xs: sum(xs) / len(xs)
+    for ds in ("--dynamic-sampling", "--no-dynamic-sampling"):
+        rounds.clear(), kept.clear()
+        run = tmp_path / ds
+        a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "3", ds, "--max-sample-tries", "3",
+                                               "--overlong-penalty", "--overlong-cache", "3", "--prompts-per-step", "4")))
+        lines = [m for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "train"]
+        for m, batch in zip(lines, kept):
+            drawn = [r for out in rounds[:m["ds_tries"]] for r in out[0]]
+            del rounds[:m["ds_tries"]]
+            groups = [batch[g:g + 4] for g in range(0, 16, 4)]
+            is_mixed = [len({r.correct for r in g}) == 2 for g in groups]
+            assert m["rollouts_drawn"] == len(drawn) == 16 * m["ds_tries"]
+            assert m["accuracy_drawn"] == pytest.approx(mean([r.correct for r in drawn]))
+            assert m["reward_drawn"] == pytest.approx(mean([r.reward for r in drawn]), abs=1e-6)
+            assert m["length_drawn"] == pytest.approx(mean([len(r.response) for r in drawn]))
+            assert m["accuracy"] == pytest.approx(mean([r.correct for r in batch]))
+            assert m["length"] == pytest.approx(mean([len(r.response) for r in batch]))
+            assert m["ds_mixed_groups"] == sum(is_mixed)
+            if ds == "--dynamic-sampling":  # mixed groups first; all-equal ones only once the tries run out
+                drawn_mixed = sum(len({r.correct for r in drawn[g:g + 4]}) == 2 for g in range(0, len(drawn), 4))
+                assert sum(is_mixed) == min(4, drawn_mixed) and is_mixed == sorted(is_mixed, reverse=True)
+            else:
+                assert m["ds_tries"] == 1 and batch == drawn
+        assert not rounds
+        alphas = [m["alpha_pos"] for m in lines]  # s counts RL steps 0 .. S-1: 2, then down to 1 + 1/S
+        assert alphas == pytest.approx([2.0, 1 + 2 / 3, 1 + 1 / 3])
 
 
 def test_pass_at_k_matches_brute_force():
@@ -290,7 +348,7 @@ def test_data_order_is_a_function_of_seed_and_position():
 # ----------------------------------------------------------------------------- command line
 
 def test_presets_and_flag_overrides():
-    cfg = a3po.parse_config([])  # the default run of issue 5
+    cfg = a3po.parse_config([])  # the default run
     assert cfg.algo == "a3po" and cfg.token_shaping and cfg.dynamic_sampling
     assert cfg.data == "synthetic" and cfg.model == "data/default_model"
     for algo, overrides in a3po.PRESETS.items():
@@ -310,13 +368,21 @@ def test_presets_and_flag_overrides():
 
 
 def test_help_names_a_section_for_every_flag():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "a3po.py"), "--help"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    helps = a3po.field_help()
-    for f in dataclasses.fields(a3po.Config):
-        assert "--" + f.name.replace("_", "-") in out.stdout
-        assert helps[f.name].startswith(("[spec", "[trainer")), (f.name, helps[f.name])
+    """--help: every flag tagged with its docs/method.md section (or [trainer]), defaults printed
+    plainly; it also runs under `python -m cProfile` (no source parsing)."""
+    for cmd in ([sys.executable, "a3po.py", "--help"], [sys.executable, "-m", "cProfile", "a3po.py", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for action in a3po.build_parser()._actions[1:]:
+        assert action.help.startswith(("[method ", "[trainer]")), action.option_strings
+    assert "(default: 1 8)" in text and "(default: None)" not in text and "default: default" not in text
+    assert "{auto,gsm8k,math,olympiad,generic}" in text
+    assert "--algo grpo: 0.2" in text  # a preset's own value is shown next to the default
+    assert "docs/method.md" in text and "weighs as under token-mean" in text  # a help text is not cut short
+    assert os.path.exists(os.path.join(ROOT, "docs", "method.md"))
+    assert a3po.parse_config(["--minibatch-size", "8"]).micro_batch_size == 8  # the old name still works
+    assert a3po.parse_config(["--raw-adv", "psr", "--raw-adv", "none"]).raw_adv is None
 
 
 def test_bad_input_fails_before_compute(tiny, tmp_path, monkeypatch):
@@ -333,7 +399,8 @@ def test_bad_input_fails_before_compute(tiny, tmp_path, monkeypatch):
     fails(r"bad.jsonl:2:", "--eval-data", str(bad))
     write_jsonl(bad, [{"q": "q1", "a": "1"}, {"q": "q2"}])
     fails(r"bad.jsonl:2: missing key 'a'", "--eval-data", str(bad))
-    fails("does not divide the batch", "--minibatch-size", "5")
+    fails("does not divide the batch", "--micro-batch-size", "5")
+    fails("--overlong-cache 4: must be in", "--overlong-cache", "4")  # as long as --max-new-tokens 4
     fails("exceeds the model.s context of 64", "--max-new-tokens", "64")
     fails("at least 2 responses", "--group-size", "1")
     fails("--threads -1 must be >= 0", "--threads", "-1")
