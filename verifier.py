@@ -380,6 +380,11 @@ def _after_marker(text):
         cut = line.find(reason)  # "The answer is 9, since 3^2 = 9"
         if cut > 0:
             line = line[:cut]
+    line = line.rstrip(' .')
+    cut = line.rfind(' (')
+    if cut > 0 and line.endswith(')') and any(
+            _is_letter(a) and _is_letter(b) for a, b in zip(line[cut:], line[cut + 1:])):
+        line = line[:cut]  # "12 (at x = 3)", "100 (dollars)": a remark in brackets
     line = line.strip(' \t*.').strip()[:300]
     if not line:
         return None, -1
@@ -685,9 +690,15 @@ def _is_unit_word(w):
             and sum(len(p) for p in parts) >= 2 and not base.startswith('\\'))
 
 
+_CURRENCIES = {'usd', 'eur', 'gbp', 'rs', 'inr', 'rmb', 'cny', 'jpy', 'us$'}
+
+
 def _strip_plain_units(s):
     """'5 cm', '18 dollars', '100 parsecs' -> the number (the words need a space)."""
     words = s.split()
+    if len(words) == 2 and words[0].lower().rstrip('.') in _CURRENCIES and _is_digits(
+            words[1].replace(',', '').replace('.', '')):
+        return words[1]  # "USD 15", "Rs. 250"
     while len(words) > 1 and _is_unit_word(words[-1]):
         rest = ' '.join(words[:-1]).rstrip()
         if not rest or not any(c.isdigit() for c in rest) or rest[-1] not in '0123456789}).%':
@@ -709,6 +720,26 @@ def _squeeze_spaces(s):
         out.append(ch)
         in_cmd = ch == '\\' or (in_cmd and _is_letter(ch))
     return ''.join(out)
+
+
+def _brace_fracs(s):
+    """\\frac14 -> \\frac{1}{4}, \\frac1{19} -> \\frac{1}{19}: one-digit arguments braced."""
+    k = s.find('\\frac')
+    while k >= 0:
+        j = k + 5
+        for _ in range(2):
+            if j < len(s) and s[j].isdigit():
+                s = s[:j] + '{' + s[j] + '}' + s[j + 1:]
+                j += 3
+            elif j < len(s) and s[j] == '{':
+                e = _brace_end(s, j, len(s))
+                if e < 0:
+                    break
+                j = e + 1
+            else:
+                break
+        k = s.find('\\frac', k + 5)
+    return s
 
 
 def _mixed_numbers(s):
@@ -789,7 +820,7 @@ def _canonical(s):
     s = _number_word(s)
     if not spaced_comma:  # "21, 345" is a list of two numbers, "21,345" one number
         s = _drop_thousands(s)
-    return _mixed_numbers(s)
+    return _mixed_numbers(_brace_fracs(s) if '\\frac' in s else s)
 
 
 # ------------------------------------------------------------------------ evaluator
@@ -962,6 +993,17 @@ def _sqrt(x, n=2):
     return cmath.sqrt(x) if n == 2 else _pow(x, Fraction(1, n))
 
 
+def _factorial(x):
+    """n! exactly for an integer n <= 1000; Gamma(x + 1) at the sample points of a
+    variable (so (n+1)!/n! = n + 1)."""
+    if isinstance(x, Fraction) and x.denominator == 1:
+        return Fraction(math.factorial(_integer(x)))
+    x = _real(x)
+    if not -1 < x < 170:
+        raise _Unsupported('factorial')
+    return complex(math.gamma(float(x) + 1))
+
+
 def _binom(x, y):
     """\\binom{n}{k} for an integer n, or n(n-1)...(n-k+1)/k! for an expression n."""
     k = _integer(y)
@@ -1064,7 +1106,7 @@ class _Parser:
         v = self.primary()
         while self.peek('op', '!'):
             self.pos += 1
-            v = self.lift(lambda a: Fraction(math.factorial(_integer(a))), v)
+            v = self.lift(_factorial, v)
         if self.peek('op', '^'):
             self.pos += 1
             v = self.lift(_pow, v, self.exponent())
@@ -1282,8 +1324,8 @@ def _precision(s):
     return unit / 2, len(digits), bool(e)
 
 
-_REALS = {'\\mathbb{R}', '\\mathbb R', '\\R', 'allrealnumbers', 'allreals', '\\mathbb{R}^1',
-          '(-\\infty,\\infty)'}
+_REALS = {'\\mathbb{r}', '\\mathbb r', '\\r', 'allrealnumbers', 'allreals', '\\mathbb{r}^1',
+          '(-\\infty,\\infty)', 'allrealnumbersx', 'allrealvalues', 'therealnumbers'}
 _RELATIONS = (('\\le', '<='), ('\\ge', '>='), ('\\ne', '!='), ('<', '<'), ('>', '>'))
 
 
@@ -1307,6 +1349,8 @@ def _analyse(s, depth=0):
     parts = _split_top(s, '\\cup')
     if len(parts) > 1:
         return _collection(parts, depth)
+    if s in ('\\{\\}', '{}'):
+        return _leaf('\\emptyset')
     if '\\begin{' in s:
         node = _matrix_expression(s, depth)
         if node is not None:
@@ -1342,7 +1386,7 @@ def _analyse(s, depth=0):
     if s.count('\\pm') == 1 or s.count('\\mp') == 1:
         cmd = '\\pm' if '\\pm' in s else '\\mp'
         return ('list', (_leaf(s.replace(cmd, '+')), _leaf(s.replace(cmd, '-'))))
-    if s in _REALS:
+    if s.lower() in _REALS:
         return _analyse('(-\\infty,\\infty)', depth + 1) if s != '(-\\infty,\\infty)' else _leaf(s)
     return _leaf(s)
 
