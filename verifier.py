@@ -195,8 +195,10 @@ def _is_connective(gap):
         bare = bare.replace(tok, '')
     if bare == '' or (len(bare) == 1 and _is_letter(bare)):
         return True  # "$x = \boxed{3}$ or $x = \boxed{4}$"
-    words = gap.replace(',', ' , ').split()
-    if len(words) > 4 or not ('and' in words or ',' in words or '\\text{and}' in gap):
+    words = gap.replace(',', ' , ').replace('{', ' ').replace('}', ' ').split()
+    if not ('and' in words or ',' in words):
+        return False
+    if sum(1 for w in words if w != 'and' and w[:1] != '\\' and any(map(_is_letter, w))) > 4:
         return False
     # "y_2 =", "for part (a)": names, short words, letters in brackets; never a number
     return not any(ch.isdigit() and gap[max(0, k - 1)] != '_' for k, ch in enumerate(gap))
@@ -221,8 +223,9 @@ def _last_boxed(text):
         if stop_last < 0:
             stop_last = stop
         # "\boxed{5} $\boxed{5}$" or "\boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}"
-        # restate one answer: keep the last form of it.
-        if not any(is_equivalent(content, a) for a in answers):
+        # restate one answer: keep the last form of it ("\boxed{90} and \boxed{90}": two).
+        if (prev is not None and ' and ' in text[stop:prev].replace('{', ' ').replace('}', ' ')) or \
+                not any(is_equivalent(content, a) for a in answers):
             answers.append(content)
         prev = i
     return (', '.join(reversed(answers)), stop_last) if answers else (None, -1)
@@ -386,6 +389,9 @@ def _after_marker(text):
             _is_letter(a) and _is_letter(b) for a, b in zip(line[cut:], line[cut + 1:])):
         line = line[:cut]  # "12 (at x = 3)", "100 (dollars)": a remark in brackets
     line = line.strip(' \t*.').strip()[:300]
+    if line.startswith('\\"') and line.endswith('\\"'):  # 'is \\"$12 $ and $13 $\\".'
+        line = line[2:-2]
+    line = line.strip().strip('"').strip()
     if not line:
         return None, -1
     if '\\boxed' in line or '\\fbox' in line:
@@ -785,7 +791,7 @@ def _drop_thousands(s):
     body = s[1:] if s[:1] in '+-' else s
     whole, _, frac = body.partition('.')
     groups = whole.split(',')
-    if (len(groups) >= 2 and 1 <= len(groups[0]) <= 3 and all(_is_digits(g) for g in groups)
+    if (len(groups) >= 2 and 1 <= len(groups[0]) <= 3 and groups[0][0] != '0' and all(_is_digits(g) for g in groups)
             and all(len(g) == 3 for g in groups[1:]) and (not frac or _is_digits(frac))):
         return s.replace(',', '')
     return s
@@ -1006,6 +1012,8 @@ def _factorial(x):
 
 def _binom(x, y):
     """\\binom{n}{k} for an integer n, or n(n-1)...(n-k+1)/k! for an expression n."""
+    if not (isinstance(y, Fraction) and y.denominator == 1):  # \binom{2n}{n}: Gammas
+        return _factorial(x) / (_factorial(y) * _factorial(x - y))
     k = _integer(y)
     if isinstance(x, Fraction) and x.denominator == 1 and x >= 0:
         return Fraction(math.comb(_integer(x), k))
@@ -1274,7 +1282,7 @@ def _is_name(s):
         return all(_is_name(p) for p in s.split(':'))
     for cmd in ('\\angle', '\\overline', '\\triangle', 'm\\angle'):
         if s.startswith(cmd) and len(s) > len(cmd):
-            s = s[len(cmd):].strip().strip('{}')
+            s = s[len(cmd):].replace(' ', '').strip('{}')
     if s.startswith('\\frac{'):
         pairs = _match(s)
         a = pairs.get(5, -1)
@@ -1795,6 +1803,14 @@ def _has_percent(s):
     return '%' in s or 'percent' in s.lower() or 'pct' in s.lower()
 
 
+def _decimal_comma(s):
+    """'1,22' -> '1.22' when the comma cannot be a thousands separator, else None."""
+    head, comma, tail = s.lstrip('-').partition(',')
+    if comma and _is_digits(head) and _is_digits(tail) and (len(tail) != 3 or head == '0'):
+        return s.replace(',', '.')
+    return None
+
+
 def is_equivalent(pred, gold):
     """Are pred and gold the same mathematical answer? (rules at the top of the file)"""
     try:
@@ -1814,7 +1830,15 @@ def is_equivalent(pred, gold):
         if pc == gc:
             return True
         percent = _has_percent(g) and not _has_percent(p)
-        return _same(_analyse(pc), _analyse(gc), percent)
+        if _same(_analyse(pc), _analyse(gc), percent):
+            return True
+        # a decimal comma ("1,22", "0,111", "1000,99") against a decimal written with a point
+        pd, gd = _decimal_comma(pc), _decimal_comma(gc)
+        if pd and '.' in gc and _precision(gc):
+            return _same(_analyse(pd), _analyse(gc), percent)
+        if gd and '.' in pc and _precision(pc):
+            return _same(_analyse(pc), _analyse(gd), percent)
+        return False
     except Exception:  # a reward function must not crash a training run
         return False
 
