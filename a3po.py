@@ -626,11 +626,11 @@ def load_data(cfg: Config):
 
 def encode_prompts(problems, tok, cfg: Config, context: int, where: str) -> list[list[int]]:
     """Prompt ids of each problem; a prompt that cannot fit its answer in the context
-    (the model's max_position_embeddings) is an error."""
+    (the model's max_position_embeddings) is an error naming the problem's file:line."""
     ids = [tasks.build_prompt(p.prompt, tok, cfg.template) for p in problems]
-    for i, p in enumerate(ids):
-        need(len(p) + cfg.max_new_tokens <= context, f"{where}: problem {i + 1}: prompt of {len(p)} tokens + "
-             f"--max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
+    for i, (problem, p) in enumerate(zip(problems, ids)):
+        need(len(p) + cfg.max_new_tokens <= context, f"{problem.source or f'{where} problem {i + 1}'}: prompt of "
+             f"{len(p)} tokens + --max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
     return ids
 
 

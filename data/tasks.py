@@ -31,6 +31,7 @@ class Problem:
     prompt: str  # the question as a person would write it (no instruction, no chat markup)
     answer: str  # gold final answer, as text ("72", "\\frac{1}{2}")
     solution: str | None = None  # a worked solution when the source has one (synthetic task)
+    source: str | None = None  # "file:line" for a problem read from a file, so errors can name it
 
 
 # ----------------------------------------------------------------------------- JSONL loaders
@@ -171,11 +172,13 @@ def load_problems(path, fmt="auto", prompt_key=None, answer_key=None):
                 )
         try:
             if fmt == "generic":
-                problems.append(generic_problem(record, prompt_key, answer_key))
+                problem = generic_problem(record, prompt_key, answer_key)
             else:
-                problems.append(LOADERS[fmt](record))
+                problem = LOADERS[fmt](record)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}:{lineno}: {e}") from None
+        problem.source = f"{path}:{lineno}"
+        problems.append(problem)
     if not problems:
         raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
