@@ -1282,7 +1282,8 @@ def _is_name(s):
         return all(_is_name(p) for p in s.split(':'))
     for cmd in ('\\angle', '\\overline', '\\triangle', 'm\\angle'):
         if s.startswith(cmd) and len(s) > len(cmd):
-            s = s[len(cmd):].replace(' ', '').strip('{}')
+            s = s[len(cmd):].replace(' ', '')
+            s = s[1:-1] if s[:1] == '{' and s[-1:] == '}' else s
     if s.startswith('\\frac{'):
         pairs = _match(s)
         a = pairs.get(5, -1)
