@@ -112,7 +112,8 @@ class Config:
     # --- trainer: model and data
     model: str = arg("data/default_model", "trainer", "Hugging Face model folder to train (relative paths "
                      "are also looked up next to a3po.py)")
-    data: str = arg("synthetic", "trainer", "training problems: 'synthetic' (our arithmetic task) or a JSONL file")
+    data: str = arg("synthetic", "trainer", "training problems: 'synthetic' (our arithmetic task), 'search' (our "
+                    "search task; also sets --model data/search_model and --max-new-tokens 96 unless given) or a JSONL file")
     data_format: str = arg("auto", "trainer", "format of --data / --eval-data",
                            ("auto", "gsm8k", "math", "olympiad", "generic"))
     prompt_key: str | None = arg(None, "trainer", "generic JSONL: the key holding the question")
@@ -613,6 +614,10 @@ def load_data(cfg: Config):
         train = tasks.synthetic_problems(cfg.train_size, 0, "train", cfg.synthetic_level)
         if not cfg.eval_data:
             held_out = tasks.synthetic_problems(cfg.eval_size, 0, "test", cfg.synthetic_level)
+    elif cfg.data == "search":
+        train = tasks.search_problems(cfg.train_size, 0, "train")
+        if not cfg.eval_data:
+            held_out = tasks.search_problems(cfg.eval_size, 0, "test")
     else:
         train = tasks.load_problems(cfg.data, **fmt)
         if not cfg.eval_data:  # hold out the tail of the file (never trained on)
@@ -1131,7 +1136,8 @@ def check_config(cfg: Config):
     need(cfg.overlong_cache is None or 0 <= cfg.overlong_cache < cfg.max_new_tokens,
          f"--overlong-cache {cfg.overlong_cache}: must be in [0, --max-new-tokens {cfg.max_new_tokens}) "
          f"(a cache as long as the limit would make the soft penalty a plain length penalty)")
-    need(cfg.data == "synthetic" or os.path.isfile(cfg.data), f"--data {cfg.data}: no such file (or 'synthetic')")
+    need(cfg.data in ("synthetic", "search") or os.path.isfile(cfg.data),
+         f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
     need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
     path = resolve_model_path(cfg.model)
     need(os.path.isfile(os.path.join(path, "config.json")),
@@ -1438,6 +1444,8 @@ def parse_config(argv=None) -> Config:
             return replace(Config(**saved), **given)
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
+    if given.get("data") == "search":  # the search task comes with its own model and token budget
+        given = {"model": "data/search_model", "max_new_tokens": tasks.SEARCH_MAX_NEW_TOKENS, **given}
     return apply_preset(given.pop("algo", Config().algo), given)
 
 

@@ -361,6 +361,11 @@ def test_presets_and_flag_overrides():
     cfg = a3po.parse_config(["--algo", "dapo", "--no-dynamic-sampling", "--clip-c", "3", "--eval-k", "1", "16"])
     assert not cfg.dynamic_sampling and cfg.clip_c == 3.0 and cfg.eval_k == (1, 16)
     assert a3po.parse_config(["--clip-c", "3", "--clip-c", "none"]).clip_c is None
+    # --data search picks the search task's model and token budget, unless they are given
+    cfg = a3po.parse_config(["--data", "search"])
+    assert (cfg.model, cfg.max_new_tokens) == ("data/search_model", 96)
+    cfg = a3po.parse_config(["--max-new-tokens", "50", "--data", "search", "--model", "m"])
+    assert (cfg.model, cfg.max_new_tokens) == ("m", 50)
     with pytest.raises(SystemExit):
         a3po.parse_config(["--loss-agg", "token-max"])
     with pytest.raises(SystemExit):
