@@ -396,9 +396,11 @@ def _after_marker(text):
         return None, -1
     if '\\boxed' in line or '\\fbox' in line:
         return _last_boxed(line)[0], best
-    if low[best:end] in ('answer:', 'answer ='):
-        line = _answer_in(line)  # "Final Answer: The area is 58."
-    return line or None, best
+    if _is_bare(line.replace('$', ' ')):
+        return line, best
+    # "Final Answer: The area is 58.": the answer in the sentence; a position of -1 lets
+    # an earlier box win over a remark ("The answer is consistent with the 2 cases")
+    return _answer_in(line), -1
 
 
 def _strip_chat(text):
@@ -425,8 +427,10 @@ def extract_answer(response, fallback=False, last_number=False):
         text = _strip_chat(_sanitize(text[-TAIL_CHARS:]))
         boxed, box_end = _last_boxed(text)
         marked, pos = _after_marker(text)
-        if boxed is not None and (marked is None or pos < box_end or not
-                                  any(c.isdigit() or c in '\\$' for c in marked)):
+        # a marked answer after the last box wins ("Final Answer: The final answer is $13$"),
+        # if it is an answer and not a remark ("this answer is checked by ...")
+        if boxed is not None and (marked is None or pos < box_end or
+                                  not any(c.isdigit() or c in '\\$' for c in marked)):
             return boxed
         if marked is not None:
             return marked

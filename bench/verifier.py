@@ -51,7 +51,10 @@ def dataset_golds():
 
 def rewrites(gold):
     """Forms a correct model might write the gold in: (label, response, is_response)."""
-    spaced = gold.replace(',', ', ').replace('+', ' + ').replace('=', ' = ')
+    # a space after a comma, except inside a grouped number ("58,500", "10,\\!080")
+    spaced = ''.join(', ' if ch == ',' and not gold[k + 1:k + 2].isdigit() and
+                     not gold.startswith('\\!', k + 1) else ch for k, ch in enumerate(gold))
+    spaced = spaced.replace('+', ' + ').replace('=', ' = ')
     frac = gold.replace('\\frac', '\\dfrac') if '\\frac' in gold else gold.replace('\\dfrac', '\\frac')
     return [('self', gold, False),
             ('boxed', 'Reasoning ... so the final answer is $\\boxed{%s}$.' % gold, True),

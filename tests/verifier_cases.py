@@ -776,3 +776,15 @@ CASES += [
     ('$-\\frac{6x^2}{(x^2+1)^{4/3}}+\\frac{3}{(x^2+1)^{1/3}}$', '\\frac{3(1-x^2)}{(x^2+1)\\sqrt[3]{x^2+1}}', True, 'qwen'),
     ('$t+2s+1$', 't+1', False, 'safety'),
 ]
+
+CASES += [
+    # a marked remark after the box is not an answer
+    ('The answer is \\boxed{3}. This answer is checked by substitution: 2 + 1 = 3.', '3', True, 'model'),
+    ('So \\boxed{14}. The answer is consistent with the 2 cases above.', '14', True, 'model'),
+    ('So \\boxed{14}. The answer is consistent with the 2 cases above.', '2', False, 'safety'),
+    ('The answer is either 3 or 4.', '3', False, 'safety'),
+    ('The answer is $\\frac12$ of the cake.', '\\frac12', True, 'model'),
+    ('The answer is that x equals 5.', '5', True, 'model'),
+    ('Answer: **42**', '42', True, 'model'),
+    ('The answer is: $\\boxed{5}$', '5', True, 'model'),
+]
