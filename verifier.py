@@ -62,6 +62,7 @@ from fractions import Fraction
 
 TAIL_CHARS = 50_000       # the final answer sits at the end; a 1 MB response is cut
 MAX_BOX_CHARS = 4_000     # a boxed "answer" longer than this is not an answer
+FALLBACK_CHARS = 8_000    # the fallback looks for math spans and numbers in this tail
 MAX_BOXES = 8             # boxes looked at, from the end
 MAX_ANSWER_CHARS = 1_000  # longer answers only match the identical gold string
 MAX_TOKENS = 400
@@ -234,10 +235,18 @@ def _last_boxed(text):
 def _math_spans(text):
     """[(start, end, content)] of $...$, $$...$$, \\(...\\), \\[...\\] in one left-to-right
     pass; inline spans ($, \\() do not cross a line break, \\$ is an escaped dollar."""
+    seen = {}  # token -> its first position at or after the last search: stays linear
+
+    def find(tok, k):
+        p = seen.get(tok, -2)
+        if p == -1 or p >= k:
+            return p
+        seen[tok] = text.find(tok, k)
+        return seen[tok]
+
     spans, i, n = [], 0, len(text)
     while i < n:
-        j = min((k for k in (text.find('$', i), text.find('\\(', i), text.find('\\[', i)) if k >= 0),
-                default=-1)
+        j = min((k for k in (find('$', i), find('\\(', i), find('\\[', i)) if k >= 0), default=-1)
         if j < 0:
             break
         if text.startswith('\\$', j - 1) and text[j] == '$':  # an escaped dollar
@@ -251,12 +260,13 @@ def _math_spans(text):
             opener, closer = text[j:j + 2], '\\)' if text[j + 1] == '(' else '\\]'
         k = j + len(opener)
         while True:
-            e = text.find(closer, k, k + MAX_BOX_CHARS)
+            e = find(closer, k)
             if e > 0 and closer == '$' and text[e - 1] == '\\':
                 k = e + 1
                 continue
             break
-        if e < 0 or (opener in ('$', '\\(') and '\n' in text[j:e]):
+        newline = find('\n', j)
+        if e < 0 or e - j > MAX_BOX_CHARS or (opener in ('$', '\\(') and -1 < newline < e):
             i = j + len(opener)
             continue
         spans.append((j, e + len(closer), text[j + len(opener):e]))
@@ -440,6 +450,10 @@ def extract_answer(response, fallback=False, last_number=False):
             return text.strip().strip('*').strip()
         # the last math span or the last number after it, whichever comes later
         # ("... the error increases by 100%.")
+        tail = text[-FALLBACK_CHARS:]
+        if len(text) > FALLBACK_CHARS and '\n' in tail:
+            tail = tail[tail.find('\n') + 1:]  # start on a line, so $ pairs line up
+        text = tail
         spans = [sp for sp in _math_spans(text) if sp[2].strip()]
         if spans and not any(c.isdigit() for c in text[spans[-1][1]:]):
             return spans[-1][2].strip()

@@ -289,6 +289,20 @@ HOSTILE = [
     'x' * 100000, 'The answer is ' * 50000, '\\boxed{' + 'x' * 1_000_000 + '}',
     ('a' * 1_000_000) + '\\boxed{42}', '\\fbox', '\\boxed', '####', '\u200b\ufeff\u202e42',
 ]
+# Inputs aimed at the extraction, relation, matrix and decimal rules.
+HOSTILE += [
+    '$' * 20000 + '1', '$1' * 10000, '\\(' * 5000, '\\[' * 5000 + '\\]', 'Answer ' * 10000,
+    'Answer $' * 5000, 'is the answer ' * 5000, 'Final Answer: ' * 5000 + '3', '<|' * 5000,
+    '<|im_start|>' * 3000, '\\\\frac' * 5000, '\\\\' * 20000, '0.\\overline{' * 1000,
+    '0.' + '1' * 900 + '\\overline{3}', '1.\\overline{' + '9' * 900 + '}', 'x < ' * 2000 + '1',
+    '1 \\le ' * 500 + 'x', '|x| \\le ' * 300, '\\begin{pmatrix}1\\end{pmatrix}' * 200,
+    ('\\begin{pmatrix}' + '&'.join(['9' * 50] * 8) + '\\end{pmatrix}') * 8,
+    '\\left[\\begin{array}{cc}' * 300, 'm=1,n=2;' * 1000, 'PQ=' * 2000 + '1',
+    '\\boxed{1} and ' * 3000, '\\boxed{1} for part (a) and \\boxed{2}' * 500, '1,000,' * 2000,
+    '0.1428571428571428571428571428571428571428', '9' * 30 + '.' + '3' * 30, '\\binom{x}{' * 500,
+    '\\binom{x}{50}' * 30, '(x+1)!' * 100, '7 \\text{ thousand}' * 300, '1-4j' * 500,
+    '\\mathbb{R}' * 1000, 'all real numbers ' * 2000, '1' + '\\approx 1' * 2000,
+]
 # Just under the 1,000-character cap, where the full normaliser and parser run.
 HOSTILE += [(u * 990)[:990 - len(end)] + end for end in ('', '1', '}' * 200) for u in (
     '\\frac{', '\\frac{1}{', '(', '\\sqrt{', '\\sqrt', 'x_{', "x'", '\\text{', '\\text{ cm}',
@@ -301,6 +315,7 @@ HOSTILE += [(u * 990)[:990 - len(end)] + end for end in ('', '1', '}' * 200) for
 def test_hostile_inputs_return_bools(text):
     for gold in ('42', '1', text[:2000]):
         assert V.score(text, gold) in (0.0, 1.0)
+        assert V.score(text, gold, fallback=True) in (0.0, 1.0)
         assert V.score('\\boxed{%s}' % text, gold) in (0.0, 1.0)
         assert isinstance(V.is_equivalent(text, gold), bool)
         assert isinstance(V.is_equivalent(gold, text), bool)
