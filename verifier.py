@@ -334,6 +334,12 @@ def _last_number(text):
     return num.strip('.') if not num.endswith('.') else num[:-1]
 
 
+def _last_choice(text):
+    """The last multiple-choice letter written as (A)..(E) in text, or None."""
+    best = max(text.rfind('(%s)' % c) for c in 'ABCDE')
+    return text[best:best + 3] if best >= 0 else None
+
+
 def _answer_in(text):
     """The answer inside an answer sentence: the text itself when it is bare, else what
     follows its last " is " / " = ", else its last math span, else its last number."""
@@ -458,7 +464,9 @@ def extract_answer(response, fallback=False, last_number=False):
         if spans and not any(c.isdigit() for c in text[spans[-1][1]:]):
             return spans[-1][2].strip()
         number = _last_number(text[spans[-1][1]:] if spans else text)
-        return number if number is not None or not spans else spans[-1][2].strip()
+        if number is not None or spans:
+            return number if number is not None else spans[-1][2].strip()
+        return _last_choice(text)
     except Exception:  # a reward function must not crash a training run
         return None
 
@@ -546,7 +554,7 @@ _TEXT_CMDS = {'text', 'textbf', 'textit', 'textrm', 'textsf', 'texttt', 'textnor
 _RENAME = {'dfrac': '\\frac', 'tfrac': '\\frac', 'cfrac': '\\frac', 'dbinom': '\\binom',
            'tbinom': '\\binom', 'lt': '<', 'gt': '>', 'cdot': '*', 'times': '*', 'ast': '*', 'div': '/',
            'leq': '\\le', 'leqslant': '\\le', 'geq': '\\ge', 'geqslant': '\\ge', 'neq': '\\ne',
-           'lbrace': '\\{', 'rbrace': '\\}', 'circ': '', 'degree': '', 'prime': "'",
+           'lbrace': '\\{', 'rbrace': '\\}', 'langle': '(', 'rangle': ')', 'circ': '', 'degree': '', 'prime': "'",
            'varnothing': '\\emptyset', 'lvert': '|', 'rvert': '|', 'vert': '|', 'colon': ':'}
 _SYMBOLS = {',': ' ', '!': '', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
 
@@ -746,6 +754,18 @@ def _squeeze_spaces(s):
     return ''.join(out)
 
 
+def _drop_modulus(s):
+    """'3 \\pmod{7}', '3 (\\mod 7)', '3 \\bmod 7' -> '3': the residue is the answer."""
+    for cmd in ('(\\mod', '(\\bmod', '\\pmod', '\\bmod', '\\mod', '( mod', '(mod', ' mod',
+                '(\\mathrm{mod}', '(\\text{mod}', '\\mathrm{mod}', '\\text{mod}'):
+        k = s.rfind(cmd)
+        if k > 0 and not _is_letter(s[k + len(cmd):k + len(cmd) + 1]):
+            rest = s[k + len(cmd):].replace('\\ ', ' ').replace('\\,', ' ').replace('~', ' ').strip(' {}()')
+            if rest and len(rest) <= 12 and all(c.isalnum() or c == ' ' for c in rest):
+                return s[:k].rstrip()
+    return s
+
+
 def _brace_fracs(s):
     """\\frac14 -> \\frac{1}{4}, \\frac1{19} -> \\frac{1}{19}: one-digit arguments braced."""
     k = s.find('\\frac')
@@ -827,7 +847,7 @@ def _canonical(s):
     s = _repeating_decimals(s)
     for pat in ('^{\\circ}', '^\\circ', '{}^{\\circ}', '^{\\prime}', '^\\prime'):
         s = s.replace(pat, "'" if 'prime' in pat else '')
-    s = _rewrite_commands(s)
+    s = _drop_modulus(_rewrite_commands(_drop_modulus(s)))
     for a, b in (('^{}', ''), ('~', ' '), ('\n', ' '), ('\t', ' '), ('\r', ' '), ('$', ''),
                  ('%', ''), ('{,}', ','), ('{, }', ',')):
         s = s.replace(a, b)
