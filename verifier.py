@@ -762,7 +762,8 @@ def _drop_modulus(s):
         if k > 0 and not _is_letter(s[k + len(cmd):k + len(cmd) + 1]):
             rest = s[k + len(cmd):].replace('\\ ', ' ').replace('\\,', ' ').replace('~', ' ').strip(' {}()')
             if rest and len(rest) <= 12 and all(c.isalnum() or c == ' ' for c in rest):
-                return s[:k].rstrip()
+                head = s[:k].rstrip(' ~')
+                return head[:-1].rstrip() if head.endswith('\\') and not head.endswith('\\\\') else head
     return s
 
 
