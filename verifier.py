@@ -1,57 +1,119 @@
 """verifier.py: decide whether a free-form math answer is right (the reward of RLVR).
 
-    score(response, gold) -> 1.0 / 0.0        the reward a3po.py uses; never raises
-    extract_answer(response) -> str | None    the final answer in a model's response
-    is_equivalent(pred, gold) -> bool         same mathematical answer?
+    score(response, gold, fallback=False) -> 1.0 / 0.0   the reward; never raises
+    extract_answer(response, fallback=False) -> str | None  the final answer in a response
+    gold_text(gold) -> str                 the gold answer in a gold field (GSM8K, solution)
+    is_equivalent(pred, gold) -> bool      same mathematical answer?
     gsm8k_gold, math_gold, olympiad_gold, gold_answer: the gold answer of a dataset record
 
 Standard library only. Model output is never run as code: expressions go through the
 small tokenizer/parser/evaluator below, with caps on length, depth and number size.
+The pipeline, one section each below: extract -> normalise -> parse -> compare.
 
 Rules
 -----
-Extraction: the last \\boxed{} / \\fbox{} (nested braces balanced; an unclosed last box,
-  i.e. truncated output, is skipped). Boxes on one line joined only by a connective
-  (",", "and", "or", "$", "x =") form one answer list, so the hedge "\\boxed{3} or
-  \\boxed{4}" is the list {3, 4}; boxes restating one answer count once. Without a box:
-  the rest of the line after the last "answer is" / "answer:" / "####". The last number
-  only when the caller asks (last_number=True). Only the last 50,000 characters are read.
-Normalisation: spaces, \\left \\right \\! \\, \\; \\quad, \\dfrac \\tfrac \\frac12, \\text{} \\mathrm{}
-  \\mbox{}, units after a number ("5 \\text{ cm}^2", "18 dollars", "300 \\mathrm{~km}/\\mathrm{s}";
-  a bare one-letter word like "566 m" stays a variable), degrees, currency, trailing
-  period, unicode (minus, times, dot, pi, sqrt, 1/2, superscripts, full width), number
-  words (zero..ninety-nine), thousands separators (only when the whole answer is one
-  grouped number: "1,080" is 1080 while "1,3" stays a list), mixed numbers (137
-  \\frac{1}{2} = 137.5), base subscripts (204 = 204_5, but 204_6 != 204_5).
+Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (nested
+  braces balanced; an unclosed last box, i.e. truncated output, is skipped). Boxes on one
+  line joined by a connective form one answer list: only joiners (",", "and", "or", "$",
+  "\\quad", "y_2 =") or up to four words with "and" or a comma ("\\boxed{(2,1)} for part
+  (a) and \\boxed{(0,4)}", "\\boxed{3} trucks and \\boxed{4} vans"), never a number; so the
+  hedge "\\boxed{3} or \\boxed{4}" is the list {3, 4}. Boxes restating one answer count
+  once, unless "and" joins them ("\\boxed{90} and \\boxed{90}"). Markers: the rest of the
+  line after the last "final answer is" / "answer is" / "answer:" / "answer =" / "####",
+  cut at ". ", ", since", ", because", a remark in brackets ("12 (at x = 3)"); a bare
+  "Answer" followed by a math span ("Answer $ 42 $", "Answer \\[ 42 \\]"); the text before
+  "is the answer" / "is our answer" ("so 31 is the answer"). A marked line that is a
+  sentence gives the answer in it: what follows its last " is ", else its last math span,
+  else its last number ("Final Answer: The area is 58." -> 58). A marker after the last
+  box wins over it when its line is itself an answer (Minerva's "Final Answer: The final
+  answer is $X$. I hope it is correct." after an earlier box); a remark does not ("The
+  answer is consistent with the 2 cases above"). Chat tokens ("<|im_start|>user") are
+  dropped; LaTeX escaped twice ("\\\\frac") is halved. Only the last 50,000 characters.
+Extraction with fallback=True (for evaluation; last_number=True is its old name): with
+  no box and no marker, the response itself when it is a bare answer (at most one word
+  of two or more letters outside LaTeX: "$\\frac27$", "t \\in (1, 9]", "30 dollars",
+  "prime", "all real numbers"), else the last math span ($...$, $$...$$, \\(...\\),
+  \\[...\\]; inline ones never cross a line), unless a number comes after it ("... the
+  error grows by 100%."), else the last number (not one glued to letters before it, as
+  in "XK7Q"; "2,74" and "1000,99" read as decimal commas), else the last "(A)".."(E)".
+  Math spans and numbers are looked for in the last 8,000 characters.
+Gold fields: the text after GSM8K's "####"; the last box(es) of a whole solution; the
+  marked answer of a gold written as a response; else the field itself.
+Normalisation: spaces, \\left \\right \\! \\, \\; \\quad, \\dfrac \\tfrac \\cfrac \\frac12, \\text{}
+  \\mathrm{} \\textbf{} \\mbox{}, units after a number ("5 \\text{ cm}^2", "18 dollars",
+  "300 \\mathrm{~km}/\\mathrm{s}", "$\\frac13 \\textbf{meters}$"; a bare one-letter word like
+  "566 m" stays a variable), degrees, currency before or after ("\\$18", "8 \u20ac", "USD 15",
+  "30 dollars"), a residue's modulus ("3 \\pmod{7}"), "7 \\text{ thousand}" = 7000 (also
+  million, billion), trailing period, unicode (minus, times, dot, pi, sqrt, 1/2,
+  superscripts, full width, <= >= !=), >= <= != \\geq \\leq \\neq \\gt \\lt, \\langle \\rangle,
+  number words (zero..ninety-nine), thousands separators (only when the whole answer is
+  one grouped number with no space after its commas: "1,080", "10,\\!080", "12 500" and
+  "14{,}916" are one number while "1,3" and "21, 345" stay lists), mixed numbers (137
+  \\frac{1}{2} = 137.5), base subscripts (204 = 204_5, but 204_6 != 204_5), repeating
+  decimals (0.\\overline{6} = 2/3, 2.\\overline{1} = 19/9, exactly), ";" inside brackets
+  as "," ("(0;-2;6)").
 Numbers: exact rationals (integers, fractions, finite decimals) must be exactly equal:
   0.33 != 1/3, 12 != 1/2, 10001 != 10000, 100 != 1, and a decimal never equals an
-  irrational (1.41421356237 != sqrt 2). Values with sqrt, pi, e, logs or variables
-  compare with relative tolerance 1e-9 (floating noise only, never a near miss). A gold
-  in e-notation (Minerva's 4.5e33) is a rounded value: a prediction within half a unit of
+  irrational (1.41421356237 != sqrt 2). Decimal digits rule: a decimal with at least 10
+  significant digits (LONG_DECIMAL) is a rounded value. Written by the prediction, it
+  equals a gold fraction whose decimal never ends when it is that fraction rounded to its
+  last digit (0.142857142857143 = 1/7, 0.8333333333 = 5/6, but 0.8333333334 != 5/6 and
+  0.333333333, nine digits, != 1/3); written by the gold, any prediction that rounds to it
+  is right (sqrt 17 for 4.123105625618). Values with sqrt, pi, e, logs or variables compare
+  with relative tolerance 1e-9 (floating noise only, never a near miss). A gold in
+  e-notation (Minerva's 4.5e33) is a rounded value: a prediction within half a unit of
   its last digit is right (4.46e33), as is the gold rounded to >= 2 significant digits
-  (2.78e-6 for 2.7778e-6); 4.5e33 = 4.5 \\times 10^{33} = 45e32.
-Percent: "%" is dropped on both sides (75\\% reads as 75). When the gold carries "%", a
-  prediction without it may also equal gold/100 (0.75 for 75%). Never the other way:
-  against gold 0.75, "75%" is wrong; against gold 1, "100" is wrong.
+  (2.78e-6 for 2.7778e-6); 4.5e33 = 4.5 \\times 10^{33} = 45e32. A decimal comma ("1,22",
+  "0,111") equals the decimal written with a point, never a grouped number ("1,080").
+Percent: "%" (and "percent", "pct") is dropped on both sides (75\\% reads as 75). When the
+  gold carries "%", a prediction without it may also equal gold/100 (0.75 for 75%).
+  Never the other way: against gold 0.75, "75%" is wrong; against gold 1, "100" is wrong.
 Several answers: top-level commas, ";", "and", "or" make an unordered list that must
   match the gold's list one to one, so "3 or 4" is wrong against 3 and "1, 2" equals
-  "2, 1". \\{...\\} sets are such lists too; "a \\pm b" is the list {a+b, a-b}.
+  "2, 1". \\{...\\} sets and bare {...} groups are such lists too ("{1, 4, 6}"); "a \\pm b"
+  is the list {a+b, a-b} (so \\pm 17 = \\{-17, 17\\}, but not 17); a tuple the prediction
+  repeats in a list counts once. A list equals a tuple "(a, b)" in order ("{2,5}" =
+  "(2,5)" != "(5,2)").
+Named answers: a left side that only names the answer is dropped: "x =", "k=", "f(x) =",
+  "(x, y) =", "x \\in", segment and figure names ("PQ=6", "|PQ|=3", "S_{ABC}:S=3:8",
+  "\\angle ABC ="), ratios and quotients of names ("V_1:V_2=5:9", "\\frac{AM}{MC}="), also
+  on the right ("3 = x"). "PQ=6, RS=2" gives the list {6, 2}; when both sides name all
+  their values, values are matched by name ("a_2=5, a_{12}=7" != "a_2=7, a_{12}=5"); groups
+  between ";" that name their values are tuples ("m=3,n=1;m=5,n=1" = "(3,1),(5,1)").
 Structured: "(a,b)" "[a,b)" etc. are ordered and the bracket characters must match
   ((1,2) != [1,2], open/closed interval ends matter); unions are unordered lists of
-  parts; pmatrix/bmatrix compare cell by cell (a vector also equals the tuple "(a,b)").
-Equations: a left side that only names the answer ("x =", "k=", "f(x) =", "(x, y) =",
-  "x \\in") is dropped; a chain a = b = c keeps its last part, "x \\approx 3.5" its value;
-  other equations are equal when their (left - right) sides are proportional.
-  Inequalities compare as normalised strings.
+  parts; "all real numbers" = \\mathbb{R} = (-\\infty, +\\infty); \\{\\} = \\emptyset.
+Matrices: pmatrix / bmatrix / matrix / array (also inside \\left[ \\right] or parentheses)
+  compare cell by cell; a one-row or one-column matrix equals the tuple of its cells and
+  the other vector shape. Sums, differences, scalar multiples and products of numeric
+  matrices are evaluated before comparing.
+Equations: a chain a = b = c keeps its last part; "a = b" of two numbers is a step and
+  keeps b; "x = 1/3 \\approx 0.33" is right for either form. Other equations are equal
+  when their (left - right) sides are proportional ("y = 2x - 1" = "4x - 2y - 2 = 0":
+  a named equation is compared as an equation against a gold equation).
+Relations: < > \\le \\ge \\ne compare as (left - right) op 0: equal when one side is a
+  positive multiple of the other's (any nonzero multiple for \\ne), so flipped sides,
+  negation and scaling are the same relation (2 \\le t = t \\ge 2, -y \\le -4 = y \\ge 4,
+  2x \\ge 10 = x \\ge 5). A variable bounded by constants also has its interval (x \\ge 3:
+  [3, \\infty); -2 < x \\le 5: (-2, 5]; 1 \\le |z| \\le 2: [-2,-1] \\cup [1,2]; x \\ne 1:
+  (-\\infty,1) \\cup (1,\\infty)). The asymmetry (Math-Verify's, kept on purpose): a gold
+  relation accepts a predicted interval or "x \\in interval" that is its solution set,
+  but a gold interval rejects a predicted relation, since an inequality often echoes the
+  question's condition rather than answering it. Other chains ("f(2) < f(1) < f(4)")
+  compare as normalised strings.
 Expressions: evaluated by our own parser (implicit products, \\frac, \\sqrt[n], ^, !,
-  \\binom, floor/ceil, |x|, trig/log/exp; i is the imaginary unit, e is Euler's number) at
-  4 fixed sample points per free variable; both sides need the same free variables.
-Text: words of >= 3 letters compare case-insensitively; choice letters (A)..(E) match
-  "B", "(B)", "\\text{(B)}", "(B) 42". Anything else: equality of normalised strings.
+  \\binom, floor/ceil, |x|, trig/log/exp; i is the imaginary unit, and so is j after a
+  number when i is not used: 1-4j = 1-4i; e is Euler's number) at 4 fixed sample points
+  per free variable; both sides need the same free variables. n! and \\binom{n}{k} of an
+  expression use Gamma (\\binom{n}{2} = n(n-1)/2, (n+1)!/n! = n+1).
+Text: words of >= 3 letters compare case-insensitively ("prime" = \\text{prime}); choice
+  letters (A)..(E) match "B", "(B)", "\\text{(B)}", "(B) 42". Anything else: equality of
+  normalised strings.
 Limits: answers over 1,000 characters only match the identical gold string; exact
   numbers over 20,000 bits, exponents over 100,000, factorials over 1000!, 400 tokens,
   64 list items and nesting over 60 levels are refused (10^10^10 is not computed, and
-  a refused expression falls back to string equality). Every call takes milliseconds.
+  a refused expression falls back to string equality). Every scan over a response is
+  linear. Every call takes milliseconds.
 """
 import cmath
 import math
@@ -148,7 +210,7 @@ def _match(s, opens='{', closes='}'):
     return pairs
 
 
-# ----------------------------------------------------------------------- extraction
+# -------------------------------------------------------------------------- extract
 def _brace_end(text, i, limit):
     """Index of the '}' closing the '{' at i, or -1; str.find jumps keep it linear."""
     depth, k, stop = 0, i, min(len(text), i + limit)
@@ -491,7 +553,7 @@ def gold_text(gold):
     return text
 
 
-# -------------------------------------------------------------------- normalisation
+# ------------------------------------------------------------------------ normalise
 _UNICODE = {
     '\u2212': '-', '\u2013': '-', '\u2014': '-', '\u2010': '-', '\u2011': '-', '\ufe63': '-',
     '\u00d7': '\\times ', '\u22c5': '\\cdot ', '\u00b7': '\\cdot ', '\u2219': '\\cdot ',
@@ -868,7 +930,7 @@ def _canonical(s):
     return _mixed_numbers(_brace_fracs(s) if '\\frac' in s else s)
 
 
-# ------------------------------------------------------------------------ evaluator
+# -------------------------------------------------------- parse: values (evaluator)
 _FUNCS = {'sin': cmath.sin, 'cos': cmath.cos, 'tan': cmath.tan, 'cot': lambda z: 1 / cmath.tan(z),
           'sec': lambda z: 1 / cmath.cos(z), 'csc': lambda z: 1 / cmath.sin(z),
           'arcsin': cmath.asin, 'arccos': cmath.acos, 'arctan': cmath.atan, 'sinh': cmath.sinh,
@@ -1269,7 +1331,7 @@ def _evaluate(s):
         return None
 
 
-# ---------------------------------------------------------------------- structure
+# -------------------------------------------------------------- parse: structure
 def _split_top(s, sep):
     """Split at sep outside any brackets."""
     parts, depth, last, i = [], 0, 0, 0
@@ -1632,7 +1694,7 @@ def _matrix_product(a, b):
              for j in range(len(b[0]))] for i in range(len(a))]
 
 
-# --------------------------------------------------------------------- comparison
+# -------------------------------------------------------------------------- compare
 def _close(p, g, tol=None):
     """Exact for two rationals, relative REL_TOL otherwise; tol: a rounding allowance."""
     if isinstance(p, Fraction) and isinstance(g, Fraction):
