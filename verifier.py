@@ -793,12 +793,16 @@ def _strip_plain_units(s):
     if len(words) == 2 and words[0].lower().rstrip('.') in _CURRENCIES and _is_digits(
             words[1].replace(',', '').replace('.', '')):
         return words[1]  # "USD 15", "Rs. 250"
-    while len(words) > 1 and _is_unit_word(words[-1]):
-        rest = ' '.join(words[:-1]).rstrip()
-        if not rest or not any(c.isdigit() for c in rest) or rest[-1] not in '0123456789}).%':
-            break
-        words.pop()
-    return ' '.join(words) if len(words) < len(s.split()) else s
+    # "5 ways", "864 square inches", "12 m/s": up to three unit words after the number
+    k = len(words)
+    while k > 1 and len(words) - k < 3 and _is_unit_word(words[k - 1]):
+        k -= 1
+    while k < len(words):
+        rest = ' '.join(words[:k]).rstrip()
+        if rest and any(c.isdigit() for c in rest) and rest[-1] in '0123456789}).%':
+            return rest
+        k += 1
+    return s
 
 
 def _squeeze_spaces(s):

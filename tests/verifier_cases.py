@@ -817,3 +817,16 @@ CASES += [
     ('$\\boxed{\\sqrt[3]{16}}$', '2\\sqrt[3]{2}', True, 'model'),
     ('$\\boxed{\\sqrt[3]{16}}$', '2\\sqrt{2}', False, 'safety'),
 ]
+
+CASES += [
+    ('\\boxed{5 \\text{ ways}}', '5', True, 'verl'),
+    ('There are 5 ways.', '5', True, 'verl'),
+    ('\\boxed{864 square inches}', '864', True, 'verl'),
+    ('\\boxed{864 square inches}', '846', False, 'safety'),
+    ('\\boxed{12 edges}', '12', True, 'verl'),
+    ('\\boxed{10 students}', '10', True, 'verl'),
+    ('\\boxed{7 square units}', '7', True, 'verl'),
+    ('\\boxed{60 mph}', '60', True, 'verl'),
+    ('\\boxed{3 pounds}', '3', True, 'verl'),
+    ('\\boxed{2 sides and 3 corners}', '2', False, 'safety'),
+]
