@@ -244,7 +244,8 @@ def _box_at(text, i):
     return (text[k:j], j) if j > k else (None, k)
 
 
-_JOINERS = ('\\text', '\\quad', '\\qquad', '\\,', '\\(', '\\)', '\\[', '\\]', '$', '{', '}', '=', ' ')
+_JOINERS = ('\\text', '\\quad', '\\qquad', '\\,', '\\(', '\\)', '\\[', '\\]', '$', '{', '}', '=',
+            ' ')
 
 
 def _is_connective(gap):
@@ -287,8 +288,8 @@ def _last_boxed(text):
             stop_last = stop
         # "\boxed{5} $\boxed{5}$" or "\boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}"
         # restate one answer: keep the last form of it ("\boxed{90} and \boxed{90}": two).
-        if (prev is not None and ' and ' in text[stop:prev].replace('{', ' ').replace('}', ' ')) or \
-                not any(is_equivalent(content, a) for a in answers):
+        gap = text[stop:prev].replace('{', ' ').replace('}', ' ') if prev is not None else ''
+        if ' and ' in gap or not any(is_equivalent(content, a) for a in answers):
             answers.append(content)
         prev = i
     return (', '.join(reversed(answers)), stop_last) if answers else (None, -1)
@@ -355,8 +356,10 @@ def _is_bare(text):
             j = i
             while j < len(t) and _is_letter(t[j]):
                 j += 1
-            if (j - i >= 2 and (i == 0 or t[i - 1] != '\\') and t[i:j].lower() not in
-                    _CONNECTIVE_WORDS and not (t[i - 1:i] == '{' and t[max(0, i - 6):i - 1].endswith(('text', 'mbox', 'mathrm', 'textbf')))):
+            command = i > 0 and t[i - 1] == '\\'
+            in_text = t[i - 1:i] == '{' and t[max(0, i - 7):i - 1].endswith(
+                ('text', 'mbox', 'mathrm', 'textbf'))  # "7 \text{ thousand}", "\text{prime}"
+            if j - i >= 2 and not command and not in_text and t[i:j].lower() not in _CONNECTIVE_WORDS:
                 words += 1
             i = j
         else:
@@ -373,7 +376,8 @@ def _number_spans(text):
             i += 1
             continue
         j = i
-        while j < n and ('0' <= text[j] <= '9' or (text[j] in ',./' and j + 1 < n and '0' <= text[j + 1] <= '9')):
+        while j < n and ('0' <= text[j] <= '9' or
+                         (text[j] in ',./' and j + 1 < n and '0' <= text[j + 1] <= '9')):
             j += 1
         start = i - 1 if i > 0 and text[i - 1] in '-\u2212' else i
         if i > 0 and text[i - 1] == '.':
@@ -391,7 +395,8 @@ def _last_number(text):
     a, b = spans[-1]
     num = text[-2000:][a:b]
     whole, comma, rest = num.rpartition(',')
-    if comma and '.' not in num and '/' not in num and whole.count(',') == 0 and (len(rest) != 3 or whole.lstrip('-') == '0'):
+    if comma and '.' not in num and '/' not in num and ',' not in whole and (
+            len(rest) != 3 or whole.lstrip('-') == '0'):
         num = whole + '.' + rest  # a decimal comma: "2,74", "0,111"
     return num.strip('.') if not num.endswith('.') else num[:-1]
 
@@ -614,9 +619,11 @@ _SPACING = {'left', 'right', 'big', 'Big', 'bigg', 'Bigg', 'bigl', 'bigr', 'Bigl
 _TEXT_CMDS = {'text', 'textbf', 'textit', 'textrm', 'textsf', 'texttt', 'textnormal', 'mathrm',
               'mathbf', 'mathit', 'mathsf', 'mbox', 'hbox', 'operatorname', 'boldsymbol', 'bm'}
 _RENAME = {'dfrac': '\\frac', 'tfrac': '\\frac', 'cfrac': '\\frac', 'dbinom': '\\binom',
-           'tbinom': '\\binom', 'lt': '<', 'gt': '>', 'cdot': '*', 'times': '*', 'ast': '*', 'div': '/',
+           'tbinom': '\\binom', 'lt': '<', 'gt': '>', 'cdot': '*', 'times': '*', 'ast': '*',
+           'div': '/',
            'leq': '\\le', 'leqslant': '\\le', 'geq': '\\ge', 'geqslant': '\\ge', 'neq': '\\ne',
-           'lbrace': '\\{', 'rbrace': '\\}', 'langle': '(', 'rangle': ')', 'circ': '', 'degree': '', 'prime': "'",
+           'lbrace': '\\{', 'rbrace': '\\}', 'langle': '(', 'rangle': ')', 'circ': '', 'degree': '',
+           'prime': "'",
            'varnothing': '\\emptyset', 'lvert': '|', 'rvert': '|', 'vert': '|', 'colon': ':'}
 _SYMBOLS = {',': ' ', '!': '', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
 
@@ -826,10 +833,15 @@ def _drop_modulus(s):
                 '(\\mathrm{mod}', '(\\text{mod}', '\\mathrm{mod}', '\\text{mod}'):
         k = s.rfind(cmd)
         if k > 0 and not _is_letter(s[k + len(cmd):k + len(cmd) + 1]):
-            rest = s[k + len(cmd):].replace('\\ ', ' ').replace('\\,', ' ').replace('~', ' ').strip(' {}()')
+            rest = s[k + len(cmd):]
+            for space in ('\\ ', '\\,', '~'):
+                rest = rest.replace(space, ' ')
+            rest = rest.strip(' {}()')
             if rest and len(rest) <= 12 and all(c.isalnum() or c == ' ' for c in rest):
                 head = s[:k].rstrip(' ~')
-                return head[:-1].rstrip() if head.endswith('\\') and not head.endswith('\\\\') else head
+                if head.endswith('\\') and not head.endswith('\\\\'):
+                    head = head[:-1].rstrip()  # the control space of "5 \\ (\\mathrm{mod}\\ 11)"
+                return head
     return s
 
 
@@ -896,8 +908,9 @@ def _drop_thousands(s):
     body = s[1:] if s[:1] in '+-' else s
     whole, _, frac = body.partition('.')
     groups = whole.split(',')
-    if (len(groups) >= 2 and 1 <= len(groups[0]) <= 3 and groups[0][0] != '0' and all(_is_digits(g) for g in groups)
-            and all(len(g) == 3 for g in groups[1:]) and (not frac or _is_digits(frac))):
+    if (len(groups) >= 2 and 1 <= len(groups[0]) <= 3 and groups[0][0] != '0'
+            and all(_is_digits(g) for g in groups) and all(len(g) == 3 for g in groups[1:])
+            and (not frac or _is_digits(frac))):
         return s.replace(',', '')
     return s
 
@@ -1516,7 +1529,8 @@ def _split_relations(s):
             depth -= 1
         elif depth == 0:
             for tok, op in _RELATIONS:
-                if s.startswith(tok, i) and not (tok[0] == '\\' and _is_letter(s[i + len(tok):i + len(tok) + 1])):
+                after = s[i + len(tok):i + len(tok) + 1]
+                if s.startswith(tok, i) and not (tok[0] == '\\' and _is_letter(after)):
                     parts.append(s[last:i].strip())
                     ops.append(op)
                     i += len(tok)
@@ -1955,7 +1969,9 @@ def score(response, gold, fallback=False, last_number=False):
     try:
         answer = extract_answer(response, fallback, last_number)
         gold = gold_text(gold)
-        return 1.0 if answer is not None and gold is not None and is_equivalent(answer, gold) else 0.0
+        if answer is None or gold is None:
+            return 0.0
+        return 1.0 if is_equivalent(answer, gold) else 0.0
     except Exception:
         return 0.0
 
