@@ -248,6 +248,10 @@ _JOINERS = ('\\text', '\\quad', '\\qquad', '\\,', '\\(', '\\)', '\\[', '\\]', '$
             ' ')
 
 
+_CORRECTIONS = {'but', 'actually', 'wait', 'instead', 'not', 'no', 'then', 'rather', 'correct',
+                'corrected', 'mistake', 'wrong', 'oops', 'hmm', 'so', 'thus', 'hence'}
+
+
 def _is_connective(gap):
     """Text between two boxes that makes them one answer list: only joiners ("$, $",
     " or ", "$y = $"), or a few words that contain "and" or a comma ("\\boxed{(2,1)} for
@@ -260,8 +264,8 @@ def _is_connective(gap):
     if bare == '' or (len(bare) == 1 and _is_letter(bare)):
         return True  # "$x = \boxed{3}$ or $x = \boxed{4}$"
     words = gap.replace(',', ' , ').replace('{', ' ').replace('}', ' ').split()
-    if not ('and' in words or ',' in words):
-        return False
+    if not ('and' in words or ',' in words) or any(w.lower() in _CORRECTIONS for w in words):
+        return False  # "\boxed{3}, and then I saw it is \boxed{4}": the last box is the answer
     if sum(1 for w in words if w != 'and' and w[:1] != '\\' and any(map(_is_letter, w))) > 4:
         return False
     # "y_2 =", "for part (a)": names, short words, letters in brackets; never a number

@@ -830,3 +830,17 @@ CASES += [
     ('\\boxed{3 pounds}', '3', True, 'verl'),
     ('\\boxed{2 sides and 3 corners}', '2', False, 'safety'),
 ]
+
+CASES += [
+    # a corrected box is not joined to the one that corrects it
+    ('I first got \\boxed{3}, and then saw it is \\boxed{4}', '4', True, 'model'),
+    ('I first got \\boxed{3}, and then saw it is \\boxed{4}', '3, 4', False, 'safety'),
+    ('\\boxed{3}, no wait, \\boxed{5}', '5', True, 'model'),
+    ('\\boxed{2} and the other root is \\boxed{7}', '2, 7', True, 'model'),
+    ('\\boxed{2} and the other root is \\boxed{7}', '7', False, 'safety'),
+    ('10 + 5 = 15', '15', True, 'model'),
+    ('Hence the required probability = 3/8', '\\frac38', True, 'model'),
+    ('So she needs 3 more cups (12 - 9 = 3).', '3', True, 'model'),
+    ('The total cost is $\\$45$.', '45', True, 'model'),
+    ('$$x = \\frac{-b \\pm \\sqrt{b^2-4ac}}{2a}$$ gives $x = 2$.', '2', True, 'model'),
+]
