@@ -405,6 +405,25 @@ def _last_number(text):
     return num.strip('.') if not num.endswith('.') else num[:-1]
 
 
+def _stated(text):
+    """The bare answer a last sentence states after " is " / " are " ("The solutions are
+    x = 2 and x = -3."), or None."""
+    t = text.rstrip().rstrip('.').rstrip()
+    cut = max(t.rfind('. '), t.rfind('\n'), t.rfind('.\n'))
+    sentence = t[cut + 1:].strip()
+    low = sentence.lower()
+    k = max(low.rfind(' is '), low.rfind(' are '))
+    if k < 0 or len(sentence) > 300:
+        return None
+    tail = sentence[k + 4 if low.startswith(' is ', k) else k + 5:].strip()
+    if not (tail and _is_bare(tail.replace('$', ' ')) and any(c.isdigit() or c in '\\$' for c in tail)):
+        return None
+    numbers = _number_spans(tail)
+    if len(numbers) == 1 and numbers[0][0] == 0 and _is_letter(tail[numbers[0][1]:][:1]):
+        return _last_number(tail)  # "2,500.5m\u00b2": a unit glued to the number
+    return tail
+
+
 def _last_choice(text):
     """The last multiple-choice letter written as (A)..(E) in text, or None."""
     best = max(text.rfind('(%s)' % c) for c in 'ABCDE')
@@ -531,6 +550,9 @@ def extract_answer(response, fallback=False, last_number=False):
         if len(text) > FALLBACK_CHARS and '\n' in tail:
             tail = tail[tail.find('\n') + 1:]  # start on a line, so $ pairs line up
         text = tail
+        stated = _stated(text)
+        if stated is not None:
+            return stated
         spans = [sp for sp in _math_spans(text) if sp[2].strip()]
         if spans and not any(c.isdigit() for c in text[spans[-1][1]:]):
             return spans[-1][2].strip()

@@ -844,3 +844,10 @@ CASES += [
     ('The total cost is $\\$45$.', '45', True, 'model'),
     ('$$x = \\frac{-b \\pm \\sqrt{b^2-4ac}}{2a}$$ gives $x = 2$.', '2', True, 'model'),
 ]
+
+CASES += [
+    ('The solutions are x = 2 and x = -3.', '2, -3', True, 'model'),
+    ('The solutions are x = 2 and x = -3.', '-3', False, 'safety'),
+    ('So the total is 15 apples and 3 pears.', '3', True, 'model'),
+    ('Checking again, the two roots are $-1$ and $4$.', '4, -1', True, 'model'),
+]
