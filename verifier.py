@@ -32,10 +32,12 @@ Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (n
 Extraction with fallback=True (for evaluation; last_number=True is its old name): with
   no box and no marker, the response itself when it is a bare answer (at most one word
   of two or more letters outside LaTeX: "$\\frac27$", "t \\in (1, 9]", "30 dollars",
-  "prime", "all real numbers"), else the last math span ($...$, $$...$$, \\(...\\),
-  \\[...\\]; inline ones never cross a line), unless a number comes after it ("... the
-  error grows by 100%."), else the last number (not one glued to letters before it, as
-  in "XK7Q"; "2,74" and "1000,99" read as decimal commas), else the last "(A)".."(E)".
+  "prime", "all real numbers"), else the bare answer its last sentence states after
+  " is " / " are " ("The solutions are x = 2 and x = -3."), else the last math span
+  ($...$, $$...$$, \\(...\\), \\[...\\]; inline ones never cross a line), unless a number
+  comes after it ("... the error grows by 100%."), else the last number (not one glued
+  to letters before it, as in "XK7Q"; "2,74" and "1000,99" read as decimal commas),
+  else the last "(A)".."(E)".
   Math spans and numbers are looked for in the last 8,000 characters.
 Gold fields: the text after GSM8K's "####"; the last box(es) of a whole solution; the
   marked answer of a gold written as a response; else the field itself.
