@@ -350,13 +350,14 @@ _PHRASES = {'all real numbers', 'no solution', 'no solutions', 'none', 'undefine
 
 def _is_bare(text):
     """Is the text itself an answer ("$\\frac27$", "t \\in (1, 9]", "30 dollars", "prime")
-    rather than prose around one? At most one word of two or more letters outside LaTeX."""
+    rather than prose around one? At most one word of two or more letters outside LaTeX,
+    and none before a number ("Soucis : 2,74" is prose)."""
     t = text.strip().strip('*').strip()
     if not t or len(t) > 200 or '\n' in t.strip():
         return False
     if t.lower().rstrip('.') in _PHRASES:
         return True
-    words, i = 0, 0
+    words, first, i = 0, -1, 0
     while i < len(t):
         if _is_letter(t[i]):
             j = i
@@ -365,12 +366,15 @@ def _is_bare(text):
             command = i > 0 and t[i - 1] == '\\'
             in_text = t[i - 1:i] == '{' and t[max(0, i - 7):i - 1].endswith(
                 ('text', 'mbox', 'mathrm', 'textbf'))  # "7 \text{ thousand}", "\text{prime}"
-            if j - i >= 2 and not command and not in_text and t[i:j].lower() not in _CONNECTIVE_WORDS:
+            word = t[i:j].lower()
+            if j - i >= 2 and not command and not in_text and word not in _CONNECTIVE_WORDS \
+                    and word not in _FUNCS:  # "sin 2x" written without the backslash
                 words += 1
+                first = i if first < 0 else first
             i = j
         else:
             i += 1
-    return words <= 1
+    return words == 0 or (words == 1 and not any(c.isdigit() for c in t[first:]))
 
 
 def _number_spans(text):

@@ -851,3 +851,9 @@ CASES += [
     ('So the total is 15 apples and 3 pears.', '3', True, 'model'),
     ('Checking again, the two roots are $-1$ and $4$.', '4, -1', True, 'model'),
 ]
+
+CASES += [
+    ('sin 2x', '\\sin(2x)', True, 'model'),
+    ('Result : 3.5 litres', '3.5', True, 'model'),
+    ('Soucis : 2,74 $ a..', '2.74', True, 'mv'),
+]
