@@ -33,12 +33,14 @@ Extraction with fallback=True (for evaluation; last_number=True is its old name)
   no box and no marker, the response itself when it is a bare answer (at most one word
   of two or more letters outside LaTeX: "$\\frac27$", "t \\in (1, 9]", "30 dollars",
   "prime", "all real numbers"), else the bare answer its last sentence states after
-  " is " / " are " ("The solutions are x = 2 and x = -3."), else the last math span
-  ($...$, $$...$$, \\(...\\), \\[...\\]; inline ones never cross a line), unless a number
-  comes after it ("... the error grows by 100%."), else the last number (not one glued
-  to letters before it, as in "XK7Q"; "2,74" and "1000,99" read as decimal commas),
-  else the last "(A)".."(E)".
-  Math spans and numbers are looked for in the last 8,000 characters.
+  " is " / " are " ("The solutions are x = 2 and x = -3.", "The vertex is at (2, -1)";
+  a clause of reasons is cut off: "... is $\\frac16$ since there are 6 faces"), else the
+  last math span ($...$, $$...$$, \\(...\\), \\[...\\]; inline ones never cross a line)
+  with the spans joined to it by "or" / "and" / "," ("so $x=2$ or $x=3$" is a list),
+  unless a number comes after it ("... the error grows by 100%."), else the last number
+  (not one glued to letters before it, as in "XK7Q"; "2,74" and "1000,99" read as
+  decimal commas), else the last "(A)".."(E)". Math spans and numbers are looked for in
+  the last 8,000 characters.
 Gold fields: the text after GSM8K's "####"; the last box(es) of a whole solution; the
   marked answer of a gold written as a response; else the field itself.
 Normalisation: spaces, \\left \\right \\! \\, \\; \\quad, \\dfrac \\tfrac \\cfrac \\frac12, \\text{}
@@ -79,7 +81,10 @@ Several answers: top-level commas, ";", "and", "or" make an unordered list that 
 Named answers: a left side that only names the answer is dropped: "x =", "k=", "f(x) =",
   "(x, y) =", "x \\in", segment and figure names ("PQ=6", "|PQ|=3", "S_{ABC}:S=3:8",
   "\\angle ABC ="), ratios and quotients of names ("V_1:V_2=5:9", "\\frac{AM}{MC}="), also
-  on the right ("3 = x"). "PQ=6, RS=2" gives the list {6, 2}; when both sides name all
+  on the right ("3 = x"). A sum of names in a predicted equation gives its value ("m + n =
+  13" against 13, never "2x = 12"); in a gold it stays an equation ("x + y = 7" is not
+  answered by 7). Two named answers are equal when their values are, or their equations
+  ("y = -x + 4" = "x + y = 4"). "PQ=6, RS=2" gives the list {6, 2}; when both sides name all
   their values, values are matched by name ("a_2=5, a_{12}=7" != "a_2=7, a_{12}=5"); groups
   between ";" that name their values are tuples ("m=3,n=1;m=5,n=1" = "(3,1),(5,1)").
 Structured: "(a,b)" "[a,b)" etc. are ordered and the bracket characters must match
@@ -411,17 +416,28 @@ def _last_number(text):
     return num.strip('.') if not num.endswith('.') else num[:-1]
 
 
+_LEADS = ('at', 'about', 'around', 'approximately', 'exactly', 'equal to', 'just', 'only',
+          'then', 'therefore', 'thus', 'now')
+
+
 def _stated(text):
     """The bare answer a last sentence states after " is " / " are " ("The solutions are
     x = 2 and x = -3."), or None."""
     t = text.rstrip().rstrip('.').rstrip()
     cut = max(t.rfind('. '), t.rfind('\n'), t.rfind('.\n'))
     sentence = t[cut + 1:].strip()
+    for reason in (' since ', ' because ', ', so ', ', as ', ', which ', ' where '):
+        k = sentence.find(reason)  # "... is $\frac16$ since there are 6 faces"
+        if k > 0:
+            sentence = sentence[:k]
     low = sentence.lower()
     k = max(low.rfind(' is '), low.rfind(' are '))
     if k < 0 or len(sentence) > 300:
         return None
     tail = sentence[k + 4 if low.startswith(' is ', k) else k + 5:].strip()
+    for lead in _LEADS:  # "The vertex is at (2, -1)."
+        if tail.lower().startswith(lead + ' '):
+            tail = tail[len(lead) + 1:].strip()
     if not (tail and _is_bare(tail.replace('$', ' ')) and any(c.isdigit() or c in '\\$' for c in tail)):
         return None
     numbers = _number_spans(tail)
@@ -561,7 +577,14 @@ def extract_answer(response, fallback=False, last_number=False):
             return stated
         spans = [sp for sp in _math_spans(text) if sp[2].strip()]
         if spans and not any(c.isdigit() for c in text[spans[-1][1]:]):
-            return spans[-1][2].strip()
+            # "so $x=2$ or $x=3$.": spans joined by a connective are one answer list
+            last = [spans[-1][2].strip()]
+            for a, b in zip(spans[-2::-1], spans[:0:-1]):
+                gap = text[a[1]:b[0]]
+                if not (gap.strip() in (',', 'or', 'and', ', or', ', and') or gap.strip() == ''):
+                    break
+                last.append(a[2].strip())
+            return ', '.join(reversed(last))
         number = _last_number(text[spans[-1][1]:] if spans else text)
         if number is not None or spans:
             return number if number is not None else spans[-1][2].strip()
@@ -1533,9 +1556,12 @@ def _analyse(s, depth=0):
         left, right = sides[0].strip(), sides[1].strip()
         eq = ('eq', s, _evaluate('(' + left + ')-(' + right + ')'))
         if _is_name(left):
-            return ('named', _analyse(right, depth + 1), eq, left)
+            return ('named', _analyse(right, depth + 1), eq, left, True)
         if _is_name(right) and _is_constant(left):  # "3 = x"
-            return ('named', _analyse(left, depth + 1), eq, right)
+            return ('named', _analyse(left, depth + 1), eq, right, True)
+        if _is_constant(right) and all(_is_name(x) for x in left.split('+')):
+            # a prediction "m + n = 13" gives 13; a gold "x + y = 7" is an equation (weak)
+            return ('named', _analyse(right, depth + 1), eq, left, False)
         if _is_constant(left) and _is_constant(right):  # "\frac12 = \frac{10}{9}": a step
             return _analyse(right, depth + 1)
         return eq
@@ -1905,6 +1931,8 @@ def _same(p, g, percent):
         return _same_equation(p[2], g)
     if g[0] == 'named' and p[0] == 'eq':
         return _same_equation(p, g[2])
+    if p[0] == 'named' and g[0] == 'named':  # the values, else the equations
+        return _same(p[1], g[1], percent) or _same_equation(p[2], g[2])
     if p[0] == 'named':
         return _same(p[1], g, percent)
     if p[0] == 'list' and g[0] == 'list' and _names(p) and _names(p) == _names(g):
@@ -1912,7 +1940,7 @@ def _same(p, g, percent):
         by_name = {x[3]: x for x in p[1]}
         return all(_same(by_name[x[3]][1], x[1], percent) for x in g[1])
     if g[0] == 'named':
-        return _same(p, g[1], percent)
+        return g[4] and _same(p, g[1], percent)
     if g[0] == 'rel':  # a gold inequality accepts its interval; the reverse is refused
         if p[0] == 'rel':
             return _same_relation(p, g, percent)

@@ -857,3 +857,16 @@ CASES += [
     ('Result : 3.5 litres', '3.5', True, 'model'),
     ('Soucis : 2,74 $ a..', '2.74', True, 'mv'),
 ]
+
+CASES += [
+    ('We know $a=3$. Then $b = a^2 = 9$. Therefore $a + b = 12$.', '12', True, 'model'),
+    ('So $2x = 12$.', '12', False, 'safety'),
+    ('Thus $m+n=\\boxed{13}$', '13', True, 'model'),
+    ('The roots satisfy $x^2-5x+6=0$, so $x=2$ or $x=3$.', '2,3', True, 'model'),
+    ('The roots satisfy $x^2-5x+6=0$, so $x=2$ or $x=3$.', '2', False, 'safety'),
+    ('The probability is $\\frac{1}{6}$ since there are 6 faces.', '\\frac16', True, 'model'),
+    ('The probability is $\\frac{1}{6}$ since there are 6 faces.', '6', False, 'safety'),
+    ('The vertex is at (2, -1).', '(2,-1)', True, 'model'),
+    ('The vertex is at (2, -1).', '(-1,2)', False, 'safety'),
+    ('The sum of $a$ and $b$ is $12$.', '12', True, 'model'),
+]
