@@ -68,7 +68,8 @@ Numbers: exact rationals (integers, fractions, finite decimals) must be exactly 
   e-notation (Minerva's 4.5e33) is a rounded value: a prediction within half a unit of
   its last digit is right (4.46e33), as is the gold rounded to >= 2 significant digits
   (2.78e-6 for 2.7778e-6); 4.5e33 = 4.5 \\times 10^{33} = 45e32. A decimal comma ("1,22",
-  "0,111") equals the decimal written with a point, never a grouped number ("1,080").
+  "0,111", "1000,99") equals the decimal written with a point, never a grouped number
+  ("1,080") nor one digit after the comma ("1,5" stays the list 1, 5).
 Percent: "%" (and "percent", "pct") is dropped on both sides (75\\% reads as 75). When the
   gold carries "%", a prediction without it may also equal gold/100 (0.75 for 75%).
   Never the other way: against gold 0.75, "75%" is wrong; against gold 1, "100" is wrong.
@@ -1984,9 +1985,11 @@ def _has_percent(s):
 
 
 def _decimal_comma(s):
-    """'1,22' -> '1.22' when the comma cannot be a thousands separator, else None."""
+    """'1,22' -> '1.22' when the comma cannot be a thousands separator and is unlikely to
+    separate two answers ('1,5' stays a list), else None."""
     head, comma, tail = s.lstrip('-').partition(',')
-    if comma and _is_digits(head) and _is_digits(tail) and (len(tail) != 3 or head == '0'):
+    if comma and _is_digits(head) and _is_digits(tail) and (
+            head == '0' or (len(tail) == 2) or (len(head) >= 4 and len(tail) != 3)):
         return s.replace(',', '.')
     return None
 

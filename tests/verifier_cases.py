@@ -870,3 +870,11 @@ CASES += [
     ('The vertex is at (2, -1).', '(-1,2)', False, 'safety'),
     ('The sum of $a$ and $b$ is $12$.', '12', True, 'model'),
 ]
+
+CASES += [
+    ('\\boxed{1.5}', '1,5', False, 'safety'),
+    ('\\boxed{1.22}', '1,22', True, 'mv'),
+    ('\\boxed{0.111}', '0,111', True, 'mv'),
+    ('\\boxed{1.08}', '1,080', False, 'safety'),
+    ('\\boxed{1000,99}', '1000.99', True, 'mv'),
+]
