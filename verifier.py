@@ -21,7 +21,8 @@ Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (n
   once, unless "and" joins them ("\\boxed{90} and \\boxed{90}"). Markers: the rest of the
   line after the last "final answer is" / "answer is" / "answer:" / "answer =" / "####",
   cut at ". ", ", since", ", because", a remark in brackets ("12 (at x = 3)"); a bare
-  "Answer" followed by a math span ("Answer $ 42 $", "Answer \\[ 42 \\]"); the text before
+  "Answer" followed by a math span ("Answer $ 42 $", "Answer \\[ 42 \\]"; inline math broken
+  over lines, "Answer $ \\n 42 \\n $", is no answer, as in Math-Verify); the text before
   "is the answer" / "is our answer" ("so 31 is the answer"). A marked line that is a
   sentence gives the answer in it: what follows its last " is ", else its last math span,
   else its last number ("Final Answer: The area is 58." -> 58). A marker after the last
@@ -491,6 +492,8 @@ def _after_marker(text):
         spans = _math_spans(lead) if lead[:1] in ('$', '\\') else []
         if spans and spans[0][0] == 0:
             return spans[0][2].strip() or None, j
+        if lead[:1] == '$' or lead[:2] == '\\(':  # "Answer $ \n 9 \n $": inline math broken
+            return '', j  # over lines is no answer
     for tail in ('is the answer', 'is our answer', 'is the final answer'):
         k = low.rfind(tail)
         if k > best and k >= 0:  # "so 31 is the answer"
@@ -562,7 +565,7 @@ def extract_answer(response, fallback=False, last_number=False):
                                   not any(c.isdigit() or c in '\\$' for c in marked)):
             return boxed
         if marked is not None:
-            return marked
+            return marked or None
         if not (fallback or last_number):
             return None
         if _is_bare(text):

@@ -878,3 +878,9 @@ CASES += [
     ('\\boxed{1.08}', '1,080', False, 'safety'),
     ('\\boxed{1000,99}', '1000.99', True, 'mv'),
 ]
+
+CASES += [
+    # inline math never spans lines: after a bare "Answer" that is no answer
+    ('Answer $ \n 42 \n $', '42', False, 'mv'),
+    ('Answer \\( \n 42 \n \\)', '42', False, 'mv'),
+]
