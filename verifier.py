@@ -104,8 +104,8 @@ Relations: < > \\le \\ge \\ne compare as (left - right) op 0: equal when one sid
   positive multiple of the other's (any nonzero multiple for \\ne), so flipped sides,
   negation and scaling are the same relation (2 \\le t = t \\ge 2, -y \\le -4 = y \\ge 4,
   2x \\ge 10 = x \\ge 5). A variable bounded by constants also has its interval (x \\ge 3:
-  [3, \\infty); -2 < x \\le 5: (-2, 5]; 1 \\le |z| \\le 2: [-2,-1] \\cup [1,2]; x \\ne 1:
-  (-\\infty,1) \\cup (1,\\infty)). The asymmetry (Math-Verify's, kept on purpose): a gold
+  [3, \\infty); -2 < x \\le 5: (-2, 5]; |x| < 3: (-3, 3); 1 \\le |z| \\le 2: [-2,-1] \\cup
+  [1,2]; x \\ne 1: (-\\infty,1) \\cup (1,\\infty)). The asymmetry (Math-Verify's, kept on purpose): a gold
   relation accepts a predicted interval or "x \\in interval" that is its solution set,
   but a gold interval rejects a predicted relation, since an inequality often echoes the
   question's condition rather than answering it. Other chains ("f(2) < f(1) < f(4)")
@@ -440,7 +440,8 @@ def _stated(text):
     for lead in _LEADS:  # "The vertex is at (2, -1)."
         if tail.lower().startswith(lead + ' '):
             tail = tail[len(lead) + 1:].strip()
-    if not (tail and _is_bare(tail.replace('$', ' ')) and any(c.isdigit() or c in '\\$' for c in tail)):
+    if not (tail and _is_bare(tail.replace('$', ' '))
+            and any(c.isdigit() or c in '\\$' for c in tail)):
         return None
     numbers = _number_spans(tail)
     if len(numbers) == 1 and numbers[0][0] == 0 and _is_letter(tail[numbers[0][1]:][:1]):
@@ -1632,10 +1633,15 @@ def _relation(s, parts, ops, depth):
         a, b = parts
         ineq = (_evaluate('(' + a + ')-(' + b + ')'), ops[0])
         interval = None
-        if _is_name(a) and _is_constant(b):
-            interval = '(-\\infty,%s%s' % (b, ']' if ops[0] == '<=' else ')')
+        closed_l, closed_r = ('[', ']') if ops[0] == '<=' else ('(', ')')
+        if a[:1] == '|' and _is_name(a) and _is_constant(b):  # |x| < 3: (-3, 3)
+            interval = '%s-(%s),%s%s' % (closed_l, b, b, closed_r)
+        elif b[:1] == '|' and _is_name(b) and _is_constant(a):  # 3 < |x|: two rays
+            interval = '(-\\infty,-(%s)%s\\cup%s%s,\\infty)' % (a, closed_r, closed_l, a)
+        elif _is_name(a) and _is_constant(b):
+            interval = '(-\\infty,%s%s' % (b, closed_r)
         elif _is_name(b) and _is_constant(a):
-            interval = '%s%s,\\infty)' % ('[' if ops[0] == '<=' else '(', a)
+            interval = '%s%s,\\infty)' % (closed_l, a)
         return ('rel', s, interval and _analyse(interval, depth + 1), ineq)
     lo, mid, hi = parts
     if not (_is_constant(lo) and _is_constant(hi)):

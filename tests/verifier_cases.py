@@ -884,3 +884,10 @@ CASES += [
     ('Answer $ \n 42 \n $', '42', False, 'mv'),
     ('Answer \\( \n 42 \n \\)', '42', False, 'mv'),
 ]
+
+CASES += [
+    ('$(-3, 3)$', '|x| < 3', True, 'mv'),
+    ('$(-\\infty, 3)$', '|x| < 3', False, 'safety'),
+    ('$(-\\infty, -2] \\cup [2, \\infty)$', '|x| \\ge 2', True, 'mv'),
+    ('$[2, \\infty)$', '|x| \\ge 2', False, 'safety'),
+]
