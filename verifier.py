@@ -360,28 +360,46 @@ def _is_bare(text):
     rather than prose around one? At most one word of two or more letters outside LaTeX,
     and none before a number ("Soucis : 2,74" is prose)."""
     t = text.strip().strip('*').strip()
-    if not t or len(t) > 200 or '\n' in t.strip():
+    if not t or len(t) > 200:
         return False
     if t.lower().rstrip('.') in _PHRASES:
         return True
     words, first, i = 0, -1, 0
     while i < len(t):
-        if _is_letter(t[i]):
-            j = i
-            while j < len(t) and _is_letter(t[j]):
-                j += 1
-            command = i > 0 and t[i - 1] == '\\'
-            in_text = t[i - 1:i] == '{' and t[max(0, i - 7):i - 1].endswith(
-                ('text', 'mbox', 'mathrm', 'textbf'))  # "7 \text{ thousand}", "\text{prime}"
-            word = t[i:j].lower()
-            if j - i >= 2 and not command and not in_text and word not in _CONNECTIVE_WORDS \
-                    and word not in _FUNCS:  # "sin 2x" written without the backslash
-                words += 1
-                first = i if first < 0 else first
-            i = j
-        else:
+        if not _is_letter(t[i]):
             i += 1
-    return words == 0 or (words == 1 and not any(c.isdigit() for c in t[first:]))
+            continue
+        j = i
+        while j < len(t) and _is_letter(t[j]):
+            j += 1
+        word = t[i:j].lower()
+        if j - i >= 2 and not _in_latex(t, i) and word not in _CONNECTIVE_WORDS \
+                and word not in _FUNCS:  # "sin 2x" written without the backslash
+            words += 1
+            first = i if first < 0 else first
+        i = j
+    if words == 0:
+        return True
+    # one word: the answer itself ("prime") or a unit after the number ("30 dollars",
+    # "864 inches^2"), never a word before a number
+    return words == 1 and '\n' not in t and not any(
+        c.isdigit() and t[k - 1] not in '^_{' for k, c in enumerate(t[first:], first))
+
+
+def _in_latex(t, i):
+    """Is the word at t[i] a \\command, or the first word of a command's argument
+    (\\begin{pmatrix}, \\text{ thousand}, \\mathbb{R})?"""
+    if i > 0 and t[i - 1] == '\\':
+        return True
+    k = i
+    while k > 0 and t[k - 1] in ' ~':
+        k -= 1
+    if k == 0 or t[k - 1] != '{':
+        return False
+    k -= 1
+    while k > 0 and _is_letter(t[k - 1]):
+        k -= 1
+    return k > 0 and t[k - 1] == '\\' and k < i
 
 
 def _number_spans(text):

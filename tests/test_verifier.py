@@ -370,4 +370,9 @@ def test_dataset_golds_match_themselves_and_their_boxed_form():
             bad.append((name, lineno, gold, 'boxed'))
         if name.startswith('math500') and V.extract_answer(record['solution']) != record['answer']:
             bad.append((name, lineno, record['answer'], 'extract'))
+        if not name.startswith('gsm8k') and '$' not in gold:  # the fallback takes a bare gold
+            forms = ['$%s$', 'So we get $%s$.', 'Final Answer: The final answer is $%s$.']
+            for form in forms + (['%s'] if V._is_bare(gold) else []):  # or its math span
+                if V.score(form % gold, gold, fallback=True) != 1.0:
+                    bad.append((name, lineno, gold, form))
     assert n > 0 and not bad, bad[:20]

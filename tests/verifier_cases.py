@@ -891,3 +891,12 @@ CASES += [
     ('$(-\\infty, -2] \\cup [2, \\infty)$', '|x| \\ge 2', True, 'mv'),
     ('$[2, \\infty)$', '|x| \\ge 2', False, 'safety'),
 ]
+
+CASES += [
+    # bare LaTeX answers with words that are commands or their arguments
+    ('\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}', '(1,-2)', True, 'model'),
+    ('\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}', '(-2,1)', False, 'safety'),
+    ('864 \\mbox{ inches}^2', '864', True, 'model'),
+    ('\\mathbb{R}', '(-\\infty,\\infty)', True, 'model'),
+    ('\\text{Evelyn}', '\\text{Evelyn}', True, 'model'),
+]
