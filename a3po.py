@@ -160,6 +160,11 @@ class Config:
                      ("auto", "float32", "bfloat16"))
     threads: int = arg(0, "trainer", "CPU threads for torch (0 = torch's default); 1 is faster for tiny models "
                        "on a busy machine")
+    # --- trainer: several processes (torchrun --nproc-per-node N a3po.py ...)
+    fsdp: bool = arg(False, "trainer", "under torchrun: shard parameters, gradients and AdamW state over the "
+                     "processes (FSDP2) instead of a full copy on each (data parallel)")
+    dist_timeout: float = arg(60.0, "trainer", "under torchrun: minutes a process waits for the others at a "
+                              "collective before the job fails (must exceed the slowest step)")
 
     def __post_init__(self):
         # Bad settings fail here, before any compute, with the flag's name.
@@ -591,7 +596,187 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
 #   compute_advantages, boost_factors, shape_advantages (MATH above)               (method 1-3)
 #   ppo_update        --ppo-epochs passes of micro-batches, accumulated, AdamW     (method 4)
 #   step_metrics      what metrics.jsonl logs of the step                          (method 6)
-# then evaluation, checkpoints, the run and the command line. One process, CPU or one GPU.
+# then evaluation, checkpoints, the run and the command line. One process, CPU or one GPU, or
+# N processes under torchrun (see `init_distributed`): each samples and trains on its share of
+# the rows, and the few collectives below make every decision the single-process one.
+
+# ----------------------------------------------------------------------------- processes
+# `torchrun --nproc-per-node N a3po.py` starts N copies of this script with RANK / WORLD_SIZE /
+# LOCAL_RANK set; `python a3po.py` is the N = 1 case and never touches torch.distributed.
+# Rank r owns the contiguous rows [r B/N, (r+1) B/N) of a batch (and groups likewise).
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of this run: (0, 1) without a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started (WORLD_SIZE), known before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(cfg: "Config"):
+    """Under torchrun with more than one process: join the process group, one GPU per process
+    on CUDA (LOCAL_RANK), gloo for CPU tensors, NCCL for CUDA ones. Ranks other than 0 print
+    nothing (stdout to /dev/null; errors still reach stderr). No-op for one process."""
+    if launched_world_size() == 1 or torch.distributed.is_initialized():
+        return
+    from datetime import timedelta
+    device = pick_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # The timeout is how long a rank may wait at a collective: a rank that finished its rollouts
+    # waits there for the slowest one, so it must exceed the longest step, not a network hiccup.
+    # A rank that crashes is caught by torchrun (it stops the others), not by this timeout.
+    torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
+                                         timeout=timedelta(minutes=cfg.dist_timeout))
+    if world()[0] != 0:
+        sys.stdout = open(os.devnull, "w")
+
+
+def shutdown_distributed():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def share(n: int) -> range:
+    """This rank's contiguous share of n items (n need not divide: the first ranks get one more)."""
+    rank, N = world()
+    return range(rank * n // N, (rank + 1) * n // N)
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (anything picklable), in rank order."""
+    if world()[1] == 1:
+        return [obj]
+    out = [None] * world()[1]
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """t [b, ...], this rank's b rows -> [N * b, ...], every rank's rows in rank order (equal b)."""
+    if world()[1] == 1:
+        return t
+    out = t.new_empty((world()[1] * t.shape[0], *t.shape[1:]))
+    torch.distributed.all_gather_into_tensor(out, t.contiguous())
+    return out
+
+
+def all_reduce_floats(values: list[float], op: str = "sum") -> list[float]:
+    """Python numbers summed (or max'ed) over the ranks, in float64, in one collective."""
+    if world()[1] == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)  # CPU: gloo even when the model is on CUDA
+    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.SUM if op == "sum" else torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+def all_reduce_grads(params: list[torch.Tensor]):
+    """Sum the ranks' gradients with ONE all-reduce of a flat buffer (one call per tensor would
+    pay the collective's fixed cost ~40 times a step). Data parallel only: under --fsdp the
+    reduce-scatter in backward sums them. Not DDP: a3po runs the model through `hidden_states`
+    and `output_weight`, not `forward`, and DDP silently reduces only what forward produced."""
+    if world()[1] == 1:
+        return
+    for p in params:
+        if p.grad is None:  # a parameter this rank's rows did not reach still takes part
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])                   # [P]
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def is_fsdp(policy) -> bool:
+    if world()[1] == 1:  # (an FSDP model needs a process group; one process never imports fsdp)
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(policy, FSDPModule)
+
+
+def shard_model(net):
+    """--fsdp: FSDP2 on every block and the root, so parameters, gradients and AdamW state are
+    split over the ranks. a3po calls `hidden_states`, not forward, so it is registered as a
+    forward method (its hooks gather and free the weights). Gradients are SUMMED over the
+    ranks (divide factor 1, sum-only reductions): each rank's loss is already its share of the
+    whole batch's, as in `ppo_update`'s data-parallel path."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+    for block in net.model.layers:
+        fully_shard(block)
+    # The root keeps its (embedding, final norm, output layer) weights gathered after forward:
+    # the trainer reads `output_weight` right after `hidden_states` returns.
+    fully_shard(net, reshard_after_forward=False)
+    register_fsdp_forward_method(net, "hidden_states")
+    for m in net.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM / AVG
+    # FSDP sets itself up at the first forward through the root; generate's prefill calls the
+    # blocks directly, which would make each block a root of its own. So one forward now.
+    with torch.no_grad():
+        net.hidden_states(torch.zeros(1, 1, dtype=torch.long, device=net.output_weight.device))
+    reshard_root(net)
+    return net
+
+
+def reshard_root(net):
+    """Under --fsdp the root's weights stay gathered after a forward (see shard_model) until a
+    backward reshards them; while gathered, net.parameters() yields the gathered copies, which
+    the optimizer, clipping and checkpoints must not see. No-op otherwise."""
+    if is_fsdp(net):
+        net.reshard()
+
+
+@contextlib.contextmanager
+def full_weights(policy):
+    """Sampling on a sharded model: model.generate reads the weights directly (its decode steps
+    do not go through forward), so under --fsdp every block is gathered for the whole rollout and
+    kept gathered after forward, then sharded again. A plain model is used as it is."""
+    if not is_fsdp(policy):
+        yield policy
+        return
+    from torch.distributed.fsdp import FSDPModule
+    units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield policy
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not policy)
+
+
+def agree_on_errors(error: BaseException | None):
+    """Every rank reaches this with its own error or None; all raise the first rank's error, so
+    a failure on one rank (rank 0's lock, a file it alone writes) never leaves the others waiting
+    at a collective."""
+    if world()[1] == 1:
+        if error is not None:
+            raise error
+        return
+    errors = all_gather_objects(None if error is None else str(error))
+    first = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+    if first is not None:
+        raise UserError(first)
 
 # ----------------------------------------------------------------------------- data
 
@@ -679,16 +864,31 @@ def overlong_cache(cfg: Config) -> int:
     return cfg.max_new_tokens // 5 if cfg.overlong_cache is None else cfg.overlong_cache
 
 
-def rollout_groups(policy, tok, cfg: Config, problems, prompts, generator) -> tuple[list[Rollout], float, float]:
+def train_keys(cfg: Config, step: int, round: int, rows: range) -> torch.Tensor:
+    """Sampling keys [len(rows)] of rows `rows` of a step's dynamic-sampling round (row = place in
+    the whole round's batch): a row's tokens depend on nothing else, not on the process that
+    samples it, the --gen-batch-size chunk it falls in or the rows beside it."""
+    return model.hash64(cfg.seed, 1, step, round, torch.arange(rows.start, rows.stop))
+
+
+def eval_keys(cfg: Config, problems: range, n: int) -> torch.Tensor:
+    """Sampling keys [len(problems) * n] of the held-out samples, problem-major: sample j of
+    problem i has the key of (seed, i, j) at every evaluation, so before / after differ only by
+    the model."""
+    i = torch.arange(problems.start, problems.stop).repeat_interleave(n)
+    return model.hash64(cfg.seed, 2, i, torch.arange(n).repeat(len(problems)))
+
+
+def rollout_groups(policy, tok, cfg: Config, problems, prompts, keys) -> tuple[list[Rollout], float, float]:
     """P problems -> P * group_size scored rollouts (rows g*G .. g*G+G-1 answer problem g),
-    with the seconds spent generating and scoring."""
+    sampled with `keys` [P * G] (train_keys), with the seconds spent generating and scoring."""
     seqs = [p for p in prompts for _ in range(cfg.group_size)]
-    chunk = cfg.gen_batch_size or len(seqs)
+    chunk = cfg.gen_batch_size or max(len(seqs), 1)
     t0 = time.time()
     responses = []
     for s in range(0, len(seqs), chunk):
         responses += model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    eos_ids=tok.eos_ids, generator=generator)[0]
+                                    eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk])[0]
     t1 = time.time()
     out = []
     for i, (prompt, response) in enumerate(zip(seqs, responses)):
@@ -721,7 +921,7 @@ def collate(rollouts: list[Rollout], pad_id: int, device) -> Batch:
 
 
 @torch.no_grad()
-def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, generator, device):
+def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, step: int, device):
     """Rollouts of one step -> (Batch of the kept groups, every rollout drawn, new data position, info).
 
     Dynamic sampling (DAPO, method 1): a group whose answers are all right or all wrong
@@ -729,15 +929,23 @@ def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, 
     prompts until that many groups are mixed, at most --max-sample-tries rounds. If the cap is
     hit, unmixed groups fill the batch (as without dynamic sampling); info counts the mixed
     groups kept and the rounds.
+    Several processes: each samples and scores its share of a round's groups, then all gather
+    the round, so every process holds the same rollouts and decides the same without talking.
     """
     policy.eval()
     P, G = cfg.prompts_per_step, cfg.group_size
+    mine = share(P)  # this rank's groups of each round
     mixed, unmixed, drawn, t_gen, t_reward = [], [], [], 0.0, 0.0
     for tries in range(1, (cfg.max_sample_tries if cfg.dynamic_sampling else 1) + 1):
-        idx = take_problems(data_pos, P, len(train_set), cfg.seed)
+        idx = take_problems(data_pos, P, len(train_set), cfg.seed)[mine.start:mine.stop]
         data_pos += P
-        rollouts, tg, tr = rollout_groups(policy, tok, cfg, [train_set[j] for j in idx], [train_ids[j] for j in idx],
-                                          generator)
+        keys = train_keys(cfg, step, tries, range(mine.start * G, mine.stop * G))
+        with full_weights(policy):
+            rollouts, tg, tr = rollout_groups(policy, tok, cfg, [train_set[j] for j in idx],
+                                              [train_ids[j] for j in idx], keys)
+        if world()[1] > 1:  # the whole round everywhere; its time is the slowest rank's
+            parts = all_gather_objects((rollouts, tg, tr))
+            rollouts, tg, tr = [r for p in parts for r in p[0]], max(p[1] for p in parts), max(p[2] for p in parts)
         drawn, t_gen, t_reward = drawn + rollouts, t_gen + tg, t_reward + tr
         is_mixed = group_is_mixed(torch.tensor([r.correct for r in rollouts]), G)  # [P]
         for g in range(P):
@@ -786,18 +994,24 @@ def response_logprobs(policy, batch: Batch, rows: slice, cfg: Config, with_entro
 def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
     """pi_old log-probs and entropies [B, T] (and the reference model's log-probs when
     kl_coef > 0), by a forward pass of the training model before the update, in the same
-    micro-batches the update uses, so the first epoch's ratios are exactly 1."""
+    micro-batches the update uses, so the first epoch's ratios are exactly 1.
+    Several processes: each computes its rows, then one all-gather gives every process the
+    whole [B, T] tensors, so the batch-wide token selection of method 3 is the one-process one."""
     policy.eval()
     B, T = batch.mask.shape
-    old, ent = torch.zeros(B, T, device=batch.mask.device), torch.zeros(B, T, device=batch.mask.device)
-    ref = torch.zeros(B, T, device=batch.mask.device) if ref_policy is not None else None
-    for s in range(0, B, cfg.micro_batch_size):
+    mine = share(B)
+    k = 2 if ref_policy is None else 3                               # old, entropy (, ref)
+    out = torch.zeros(len(mine), k, T, device=batch.mask.device)     # [b, k, T] this rank's rows
+    for s in range(mine.start, mine.stop, cfg.micro_batch_size):
         rows = slice(s, s + cfg.micro_batch_size)
         lp, e = response_logprobs(policy, batch, rows, cfg, with_entropy=True)
-        old[rows, :lp.shape[1]], ent[rows, :lp.shape[1]] = lp, e
-        if ref is not None:
-            ref[rows, :lp.shape[1]] = response_logprobs(ref_policy, batch, rows, cfg)[0]
-    return old, ent, ref
+        r = slice(s - mine.start, s - mine.start + lp.shape[0])
+        out[r, 0, :lp.shape[1]], out[r, 1, :lp.shape[1]] = lp, e
+        if ref_policy is not None:
+            out[r, 2, :lp.shape[1]] = response_logprobs(ref_policy, batch, rows, cfg)[0]
+    reshard_root(policy), reshard_root(ref_policy)
+    out = all_gather_rows(out)                                       # [B, k, T]
+    return out[:, 0], out[:, 1], (out[:, 2] if ref_policy is not None else None)
 
 
 # ----------------------------------------------------------------------------- update
@@ -824,16 +1038,22 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
     Returns (one dict per epoch, tokens processed). An epoch's numbers describe the whole batch
     under the weights of that pass: token-weighted means of the micro-batches' means, the max of
     their maxima for ratio_max, the full-batch loss, the gradient norm before clipping, skipped.
+    Several processes: each runs the micro-batches of its rows with the WHOLE batch's counts,
+    so its loss is its share of the one-process loss; the gradients are summed over the ranks
+    before clipping (one flat all-reduce, or FSDP's reduce-scatter), and so are the numbers
+    logged, so every rank takes the same step or skips it.
     """
     policy.train()
-    B = batch.mask.shape[0]
+    mine = share(batch.mask.shape[0])
     lens = loss_mask.sum(1)
     counts = dict(num_tokens=lens.sum().clamp(min=1), num_seqs=(lens > 0).sum().clamp(min=1))
+    reshard_root(policy)
+    params = [p for p in policy.parameters() if p.requires_grad]
     epochs, tokens = [], 0
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         loss, sums, n, ratio_max = 0.0, {}, 0.0, 0.0
-        for s in range(0, B, cfg.micro_batch_size):
+        for s in range(mine.start, mine.stop, cfg.micro_batch_size):
             rows = slice(s, s + cfg.micro_batch_size)
             logp, _ = response_logprobs(policy, batch, rows, cfg)                 # [b, T]
             T = logp.shape[1]
@@ -848,8 +1068,18 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
                     sums[k] = sums.get(k, 0.0) + st[k] * st["num_tokens"]
             n += st["num_tokens"]
             ratio_max = max(ratio_max, st["ratio_max"])
+        if world()[1] > 1:
+            if not is_fsdp(policy):
+                all_reduce_grads(params)
+            keys = list(sums)  # MEAN_STATS order, the same keys on every rank
+            total = all_reduce_floats([loss, n, *(sums[k] for k in keys)])
+            loss, n, sums = total[0], total[1], dict(zip(keys, total[2:]))
+            ratio_max = all_reduce_floats([ratio_max], "max")[0]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor, the same on every rank
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if skipped:
             optimizer.zero_grad(set_to_none=True)  # the weights and Adam moments stay as they were
@@ -857,7 +1087,7 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
             optimizer.step()
         epochs.append(dict({k: v / max(n, 1.0) for k, v in sums.items()}, ratio_max=ratio_max, loss=loss,
                            grad_norm=grad_norm, skipped=skipped))
-    return epochs, tokens
+    return epochs, int(all_reduce_floats([tokens])[0])
 
 
 # ----------------------------------------------------------------------------- metrics (method 6)
@@ -911,11 +1141,11 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     Returns (metrics of method section 6, a few samples for samples.jsonl)."""
     device = policy.output_weight.device
     t0 = time.time()
-    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step), and the
-    #    data position is saved, so a resumed run draws exactly what an uninterrupted one would.
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step, row), and
+    #    the data position is saved, so a resumed run draws exactly what an uninterrupted one
+    #    would, with any number of processes.
     batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
-                                                         gen, device)
+                                                         step, device)
     t1 = time.time()
     # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them.
     old_logp, entropy, ref_logp = old_logprobs(policy, ref_policy, batch, cfg)          # [B, T]
@@ -977,29 +1207,38 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 @torch.no_grad()
 def evaluate(policy, tok, cfg: Config, problems, prompt_ids) -> dict:
     """Held-out accuracy: n = max(--eval-k) samples per problem at the training temperature
-    (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy."""
+    (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy.
+    Several processes: each evaluates its share of the problems and the counts are gathered."""
     policy.eval()
-    device = policy.output_weight.device
     n = max(cfg.eval_k)
-    # The same random stream at every evaluation: before / after differ only by the model.
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + 999_999_937)
-    seqs = [p for p in prompt_ids for _ in range(n)]
-    golds = [q.answer for q in problems for _ in range(n)]
-    greedy, sampled = [], []
-    for s in range(0, len(seqs), cfg.eval_batch_size):
-        sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens, cfg.temperature,
-                                  cfg.top_p, eos_ids=tok.eos_ids, generator=gen)[0]
-    for s in range(0, len(prompt_ids), cfg.eval_batch_size):
-        greedy += model.generate(policy, prompt_ids[s:s + cfg.eval_batch_size], cfg.max_new_tokens, 0.0,
-                                 eos_ids=tok.eos_ids)[0]
-    correct = [verifier.score(tok.decode(r), g) for r, g in zip(sampled, golds)]
-    c = [int(sum(correct[i * n:(i + 1) * n])) for i in range(len(problems))]  # correct samples per problem
-    out = {f"avg@{n}": sum(correct) / len(correct)}
+    mine = share(len(problems))
+    per_problem = []  # (correct samples, their total length, greedy correct, greedy length) per problem
+    if len(mine):
+        seqs = [prompt_ids[i] for i in mine for _ in range(n)]
+        keys = eval_keys(cfg, mine, n)                               # [len(mine) * n]
+        greedy, sampled = [], []
+        with full_weights(policy):
+            for s in range(0, len(seqs), cfg.eval_batch_size):
+                sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
+                                          cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
+                                          row_keys=keys[s:s + cfg.eval_batch_size])[0]
+            for s in range(mine.start, mine.stop, cfg.eval_batch_size):
+                greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
+                                         cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids)[0]
+        for j, i in enumerate(mine):
+            rs = sampled[j * n:(j + 1) * n]
+            c = int(sum(verifier.score(tok.decode(r), problems[i].answer) for r in rs))
+            per_problem.append((c, sum(map(len, rs)), verifier.score(tok.decode(greedy[j]), problems[i].answer),
+                                len(greedy[j])))
+    per_problem = [x for part in all_gather_objects(per_problem) for x in part]
+    c = [x[0] for x in per_problem]  # correct samples per problem
+    P = len(per_problem)
+    out = {f"avg@{n}": sum(c) / (n * P)}
     for k in sorted({1, *cfg.eval_k}):  # pass@1 always: the number the default run reports
-        out[f"pass@{k}"] = sum(pass_at_k(n, ci, k) for ci in c) / len(c)
-    out["greedy_acc"] = sum(verifier.score(tok.decode(r), q.answer) for r, q in zip(greedy, problems)) / len(problems)
-    out["length"] = sum(len(r) for r in sampled) / len(sampled)
-    out["greedy_length"] = sum(len(r) for r in greedy) / len(greedy)
+        out[f"pass@{k}"] = sum(pass_at_k(n, ci, k) for ci in c) / P
+    out["greedy_acc"] = sum(x[2] for x in per_problem) / P
+    out["length"] = sum(x[1] for x in per_problem) / (n * P)
+    out["greedy_length"] = sum(x[3] for x in per_problem) / P
     return out
 
 
@@ -1059,25 +1298,55 @@ def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
     """run_dir/checkpoint = a Hugging Face folder (`model.load` and `--model` read it) plus
     optimizer.safetensors (Adam moments) and trainer_state.json (step, data position, ...).
     Written whole to checkpoint.tmp, then swapped in: a crash at any point leaves the last
-    good checkpoint (as checkpoint, or as checkpoint.old during the swap)."""
+    good checkpoint (as checkpoint, or as checkpoint.old during the swap).
+    Several processes: call it on every rank. Rank 0 writes; under --fsdp the weights are
+    gathered to rank 0 first, and every rank writes its shard of the AdamW state into
+    checkpoint/optimizer/ (torch.distributed.checkpoint), so the folder needs a file system all
+    nodes share; optimizer.safetensors then holds only the random state."""
     from safetensors.torch import save_file
 
-    if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+    rank, N = world()
+    fsdp = is_fsdp(policy)
+    reshard_root(policy)
+    finite = all(bool(torch.isfinite(p.to_local() if fsdp else p).all()) for p in policy.parameters())
+    if N > 1 and fsdp:  # each rank sees only its shards (data parallel: every rank has the same weights)
+        finite = all_reduce_floats([float(not finite)], "max")[0] == 0
+    if not finite:
         raise RuntimeError("refusing to checkpoint non-finite weights")
     final, tmp, old = (os.path.join(run_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    remove_stale_temporaries(run_dir)
-    model.save(policy, tok, tmp)
-    opt = optimizer.state_dict()
-    tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
-    tensors["rng.torch_cpu"] = torch.get_rng_state()
-    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-    write_atomic(os.path.join(tmp, "trainer_state.json"),
-                 json.dumps(dict(state, param_groups=opt["param_groups"]), indent=2))
-    if os.path.exists(final):
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        remove_stale_temporaries(run_dir)
+        if fsdp:  # a plain Transformer around the gathered tensors (meta: no memory, no init)
+            with torch.device("meta"):
+                plain = model.Transformer(policy.config)
+            plain.load_state_dict(full, assign=True)
+            model.save(plain, tok, tmp)
+            del plain, full
+        else:
+            model.save(policy, tok, tmp)
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        torch.distributed.barrier()  # checkpoint.tmp exists
+        dcp.save(get_optimizer_state_dict(policy, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
+    if rank == 0:
+        opt = optimizer.state_dict()
+        tensors = {} if fsdp else {f"state.{i}.{k}": v.detach().cpu().contiguous()
+                                   for i, s in opt["state"].items() for k, v in s.items()}
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+        write_atomic(os.path.join(tmp, "trainer_state.json"),
+                     json.dumps(dict(state, param_groups=opt["param_groups"]), indent=2))
+        if os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    if N > 1:
+        torch.distributed.barrier()  # no rank stops (or reads it on resume) before it is whole
 
 
 def remove_stale_temporaries(run_dir: str):
@@ -1095,19 +1364,34 @@ def find_checkpoint(run_dir: str) -> str | None:
     return None
 
 
-def load_trainer_state(ckpt: str, optimizer) -> dict:
+def load_trainer_state(ckpt: str, optimizer, policy=None) -> dict:
+    """trainer_state.json, and the optimizer (and random) state into `optimizer`; under --fsdp
+    (policy sharded) each rank reads its shards from checkpoint/optimizer/."""
     from safetensors.torch import load_file
 
     state = read_json(os.path.join(ckpt, "trainer_state.json"), "trainer state")
     path = os.path.join(ckpt, "optimizer.safetensors")
+    sharded = os.path.isdir(os.path.join(ckpt, "optimizer"))
+    fsdp = policy is not None and is_fsdp(policy)
+    need(sharded == fsdp, f"{ckpt}: {'an --fsdp' if sharded else 'a data-parallel'} checkpoint; resume it "
+         f"{'with --fsdp under torchrun' if sharded else 'without --fsdp'}")
     try:
         tensors = load_file(path)
         torch.set_rng_state(tensors.pop("rng.torch_cpu"))
-        opt_state = {}
-        for key, v in tensors.items():  # "state.<param index>.<name>"
-            _, i, name = key.split(".", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-        optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+        if fsdp:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+            path = os.path.join(ckpt, "optimizer")
+            osd = get_optimizer_state_dict(policy, optimizer)  # the layout to fill (it creates zero moments)
+            dcp.load(osd, checkpoint_id=path)
+            set_optimizer_state_dict(policy, optimizer, osd)
+            state.pop("param_groups")
+        else:
+            opt_state = {}
+            for key, v in tensors.items():  # "state.<param index>.<name>"
+                _, i, name = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+            optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
     except Exception as e:  # safetensors' own error, a missing key, a shape that does not fit
         raise UserError(f"{path}: cannot restore the optimizer ({type(e).__name__}: {e})") from None
     need(all(k in state for k in ("step", "data_pos")), f"{ckpt}/trainer_state.json: missing step / data_pos")
@@ -1126,6 +1410,17 @@ def check_config(cfg: Config):
          f"--group-size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
     need(B % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide the batch of "
          f"--prompts-per-step {cfg.prompts_per_step} x --group-size {cfg.group_size} = {B} responses")
+    N = launched_world_size()
+    if N > 1:  # each process samples P / N prompts and trains on B / N rows in whole micro-batches
+        need(cfg.prompts_per_step % N == 0, f"--prompts-per-step {cfg.prompts_per_step} does not divide over "
+             f"{N} processes (torchrun --nproc-per-node x nodes): each samples an equal share of the prompts")
+        need((B // N) % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide "
+             f"the {B // N} responses of each of the {N} processes ({B} / {N}): pick one that divides it")
+        need(cfg.device in ("auto", "cpu", "cuda"), f"--device {cfg.device}: under torchrun use auto, cpu or cuda "
+             f"(process i takes GPU LOCAL_RANK)")
+    need(not cfg.fsdp or N > 1, "--fsdp shards the model over processes: start it with torchrun --nproc-per-node N "
+         "(N >= 2)")
+    need(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 (minutes)")
     need(0 < cfg.temperature <= 100, f"--temperature {cfg.temperature}: training needs (0, 100] (log-probs use hidden / T)")
     need(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p} must be in (0, 1]")
     need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = torch's default)")
@@ -1145,9 +1440,11 @@ def check_config(cfg: Config):
 
 
 def pick_device(cfg: Config) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    """--device; under torchrun, CUDA means this process's GPU, cuda:LOCAL_RANK."""
+    name = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and launched_world_size() > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return torch.device(name)
 
 
 def new_run_dir(cfg: Config) -> str:
@@ -1190,14 +1487,18 @@ def install_stop_signals():
     kill): finish the running step, save a checkpoint, exit 130 / 143. A second signal aborts at
     once (the last checkpoint on disk stays intact). Returns (stop dict, a function that restores
     the previous handlers)."""
-    stop = {"signal": None}
+    stop = {"signal": None, "time": 0.0}
     if threading.current_thread() is not threading.main_thread():
         return stop, lambda: None
 
     def handler(signum, frame):
         if stop["signal"] is not None:
+            # Under torchrun a Ctrl-C reaches each worker twice: from the terminal (the whole
+            # process group) and forwarded by torchrun a moment later. That is one signal.
+            if launched_world_size() > 1 and time.time() - stop["time"] < 2.0:
+                return
             raise KeyboardInterrupt
-        stop["signal"] = signum
+        stop["signal"], stop["time"] = signum, time.time()
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
               f"(a second signal aborts)", flush=True)
 
@@ -1237,47 +1538,68 @@ class Run:  # everything a run needs, loaded and checked before the first step
     train_ids: list
     eval_ids: list
     state: dict
-    lock: str
+    lock: str | None        # rank 0's lock file (None on the other ranks)
 
 
 def prepare(cfg: Config) -> Run:
     """Check the settings, load data, model, optimizer and (on --resume) the checkpoint, and take
-    the run folder. Every error a user can cause happens here, before any compute."""
+    the run folder. Every error a user can cause happens here, before any compute.
+    Several processes: every rank loads the same; rank 0 alone takes the folder and writes to
+    it, under the name it chose; an error on any rank stops them all (agree_on_errors)."""
     check_config(cfg)
     cfg = resolve_defaults(cfg)
     device = pick_device(cfg)
-    run_dir = cfg.resume or cfg.run_dir or new_run_dir(cfg)
+    rank = world()[0]
+    run_dir = broadcast_object(cfg.resume or cfg.run_dir or new_run_dir(cfg))  # rank 0's name (its pid)
     cfg = replace(cfg, run_dir=run_dir)
-    ckpt = find_checkpoint(run_dir)
-    need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
-    need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
-    train_set, eval_set = load_data(cfg)
-    policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
-    context = policy.config.max_position_embeddings
-    train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
-    eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
-    policy.gradient_checkpointing = cfg.grad_checkpointing
-    # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
-    ref_policy = None
-    if cfg.kl_coef > 0:
-        ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    os.makedirs(run_dir, exist_ok=True)
-    lock = lock_run_dir(run_dir)
+    lock, error = None, None
     try:
-        remove_stale_temporaries(run_dir)
-        if ckpt:
-            state = load_trainer_state(ckpt, optimizer)
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                truncate_jsonl(os.path.join(run_dir, name), state["step"])
-        else:
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                open(os.path.join(run_dir, name), "w").close()
-            torch.manual_seed(cfg.seed)
-            state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
-        write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        ckpt = find_checkpoint(run_dir)
+        need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
+        need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
+        train_set, eval_set = load_data(cfg)
+        policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
+        context = policy.config.max_position_embeddings
+        train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
+        eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
+        policy.gradient_checkpointing = cfg.grad_checkpointing
+        # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
+        ref_policy = None
+        if cfg.kl_coef > 0:
+            ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
+        if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
+            policy = shard_model(policy)
+            ref_policy = ref_policy if ref_policy is None else shard_model(ref_policy)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if rank == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            lock = lock_run_dir(run_dir)
+            remove_stale_temporaries(run_dir)
+    except Exception as e:
+        error = e
+    try:
+        agree_on_errors(error)  # (before the checkpoint's collective reads)
+        error = None
+        try:
+            if ckpt:
+                state = load_trainer_state(ckpt, optimizer, policy)
+                if rank == 0:
+                    for name in ("metrics.jsonl", "samples.jsonl"):
+                        truncate_jsonl(os.path.join(run_dir, name), state["step"])
+            else:
+                if rank == 0:
+                    for name in ("metrics.jsonl", "samples.jsonl"):
+                        open(os.path.join(run_dir, name), "w").close()
+                torch.manual_seed(cfg.seed)
+                state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
+            if rank == 0:
+                write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        except Exception as e:
+            error = e
+        agree_on_errors(error)
     except BaseException:
-        os.remove(lock)
+        if lock:
+            os.remove(lock)
         raise
     return Run(cfg, policy, ref_policy, tok, optimizer, train_set, eval_set, train_ids, eval_ids, state, lock)
 
@@ -1286,17 +1608,20 @@ def run_training(run: Run) -> dict:
     """The steps, evaluations and checkpoints of a prepared run. Returns {"before": eval dict,
     "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
     cfg, policy, tok, state = run.cfg, run.policy, run.tok, run.state
+    rank, N = world()  # rank 0 writes the files and prints; every rank computes
     metrics_path, samples_path = (os.path.join(cfg.run_dir, n) for n in ("metrics.jsonl", "samples.jsonl"))
     if state["step"]:
         print(f"resumed {cfg.run_dir} at step {state['step']}")
     print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
           f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
-          f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}", flush=True)
+          f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}"
+          + (f", {N} processes{' (FSDP)' if is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
 
     def run_eval(step):
         t0 = time.time()
         ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids)
-        append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
+        if rank == 0:
+            append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
         print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
               + f" | {fmt_time(time.time() - t0)}", flush=True)
         return ev
@@ -1311,9 +1636,12 @@ def run_training(run: Run) -> dict:
                                     run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
-            append_jsonl(metrics_path, m)
-            for s in samples:
-                append_jsonl(samples_path, s)
+            if N > 1:  # a signal seen by any rank stops every rank after this same step
+                stop["signal"] = int(all_reduce_floats([stop["signal"] or 0], "max")[0]) or None
+            if rank == 0:
+                append_jsonl(metrics_path, m)
+                for s in samples:
+                    append_jsonl(samples_path, s)
             step_seconds += m["time_step"]
             print(progress_line(m, cfg, step_seconds / (step - first_step + 1) * (cfg.steps - step)), flush=True)
 
@@ -1322,11 +1650,12 @@ def run_training(run: Run) -> dict:
             if step == cfg.steps or stop["signal"] or (cfg.save_every and step % cfg.save_every == 0):
                 save_checkpoint(cfg.run_dir, policy, tok, run.optimizer, state)  # skipped updates never changed the weights
             if stop["signal"] and step < cfg.steps:
-                print(f"stopped after step {step}; continue with: python a3po.py --resume {cfg.run_dir}")
+                launcher = f"torchrun --nproc-per-node {N}" if N > 1 else "python"
+                print(f"stopped after step {step}; continue with: {launcher} a3po.py --resume {cfg.run_dir}")
                 return dict(before=state["eval_before"], after=None, run_dir=cfg.run_dir, stopped=stop["signal"])
     finally:
         restore_signals()
-        if os.path.exists(run.lock):
+        if run.lock and os.path.exists(run.lock):
             os.remove(run.lock)
 
     print_summary(state["eval_before"], state["eval_last"], cfg, state, time.time() - t_start, len(run.eval_set))
@@ -1451,22 +1780,30 @@ def parse_config(argv=None) -> Config:
 
 def main(argv=None):
     """Errors in the flags, files or data print one line and exit 2; a bug keeps its traceback.
-    Exit 130 / 143 after a Ctrl-C / SIGTERM (the run saved its checkpoint first)."""
+    Exit 130 / 143 after a Ctrl-C / SIGTERM (the run saved its checkpoint first).
+    Under torchrun every process runs this; the process group lives from here to the end."""
     try:
         cfg = parse_config(argv)
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
+        check_config(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
+        init_distributed(cfg)
         loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
     except (ValueError, OSError) as e:  # UserError, the data / model loaders' file:line errors, missing files
-        print(f"a3po: error: {e}", file=sys.stderr)
+        if world()[0] == 0:
+            print(f"a3po: error: {e}", file=sys.stderr)
+        shutdown_distributed()
         raise SystemExit(2)
-    if cfg.eval_only:
-        return eval_only(cfg, loaded)
     try:
-        result = run_training(loaded)
-    except KeyboardInterrupt:
-        print("\naborted (the last checkpoint, if any, is intact)")
-        raise SystemExit(130)
+        if cfg.eval_only:
+            return eval_only(cfg, loaded)
+        try:
+            result = run_training(loaded)
+        except KeyboardInterrupt:
+            print("\naborted (the last checkpoint, if any, is intact)")
+            raise SystemExit(130)
+    finally:
+        shutdown_distributed()
     if result["stopped"]:
         raise SystemExit(128 + result["stopped"])
     return result

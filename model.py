@@ -648,6 +648,42 @@ def set_eos(tok: Tokenizer, token_text: str) -> int:
 
 # ----------------------------------------------------------------------------- sampling
 
+# Counter-based random numbers: a row's uniforms are a pure function of (its key, the decode
+# step), so they cannot depend on which batch, chunk or process samples the row. splitmix64
+# (Steele et al. 2014) in torch int64 ops: multiplication wraps mod 2^64 as the uint64 version
+# does, and a logical shift right is an arithmetic one with the sign-extended bits masked off.
+_GOLDEN = -0x61C8864680B583EB  # 0x9E3779B97F4A7C15 as an int64
+_MUL1, _MUL2 = -0x40A7B892E31B1A47, -0x6B2FB644ECCEEE15  # 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _shr(z, k):  # logical z >> k on int64
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """int64 tensor -> int64 tensor: splitmix64's output function of the state z + golden gamma."""
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _MUL1
+    z = (z ^ _shr(z, 27)) * _MUL2
+    return z ^ _shr(z, 31)
+
+
+def hash64(*parts) -> torch.Tensor:
+    """Ints or int64 tensors (broadcast together) -> one int64 hash per element, each part
+    mixed in turn: hash64(seed, step, torch.arange(B)) gives B unrelated keys."""
+    z = torch.zeros((), dtype=torch.long)
+    for p in parts:
+        p = torch.as_tensor(p, dtype=torch.long)
+        z = splitmix64(z.to(p.device) ^ p)
+    return z
+
+
+def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """keys int64 [B], decode step -> u [B, 1] float64 in [0, 1): the top 53 bits of
+    hash64(key, step) times 2^-53, so u is never 1.0."""
+    return (_shr(hash64(keys, step), 11).double() * 2.0 ** -53)[:, None]
+
+
 def _sample(logits, temperature, top_p, top_k, u):
     """logits [B, V], u [B, 1] uniform in [0, 1) float64 -> (token [B], log-prob [B] under
     log_softmax(logits / temperature)).
@@ -784,7 +820,7 @@ def _decode_step(model, weights, tok, cos, sin, caches, s, mask):
 
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-             eos_ids=None, generator=None):
+             eos_ids=None, generator=None, row_keys=None):
     """Batched sampling with a preallocated KV cache.
 
     prompts: list of B lists of token ids (ragged). Returns (completions, logprobs): per
@@ -792,6 +828,9 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     under log_softmax(logits / temperature) (temperature 0 = greedy, log-probs at temperature 1).
     eos_ids=None uses model.config.eos_token_ids; [] never stops early. Finished rows leave the
     batch as it runs; no row's samples depend on when the others finished.
+    row_keys: None (uniforms drawn from `generator`) or int64 [B], one key per row: row b's
+    uniform at decode step t is uniforms(row_keys[b], t), so a row samples the same tokens in
+    any batch, chunk or process (up to the float rounding of other batch shapes' matmuls).
     """
     cfg = model.config
     W = model.output_weight
@@ -802,6 +841,11 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
         raise ValueError(f"generate: bad sampling options temperature={temperature} top_p={top_p} top_k={top_k}")
     eos = _as_list(cfg.eos_token_ids if eos_ids is None else eos_ids)
     B, N = len(prompts), max_new_tokens
+    if row_keys is not None:
+        row_keys = torch.as_tensor(row_keys, dtype=torch.long)
+        if row_keys.shape != (B,):
+            raise ValueError(f"generate: row_keys must be int64 [{B}], one per prompt (got {tuple(row_keys.shape)})")
+        row_keys = row_keys.to(device)
     if N <= 0:
         return [[] for _ in range(B)], [[] for _ in range(B)]
     # Identical prompts (GRPO samples G completions of each) are prefilled once: U <= B rows.
@@ -849,7 +893,12 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     for t in range(N):
         # One uniform number per original row, every step, even for rows dropped below: each
         # row's samples depend only on the seed, never on when other rows finished.
-        u = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device, dtype=torch.float64)[rows]
+        if temperature == 0:
+            u = None
+        elif row_keys is not None:
+            u = uniforms(row_keys[rows], t)  # [b, 1], only the live rows'
+        else:
+            u = torch.rand(B, 1, generator=generator, device=device, dtype=torch.float64)[rows]
         tok, logp = _sample(logits, temperature, top_p, top_k, u)
         out_tok[rows, t] = tok
         out_logp[rows, t] = logp
