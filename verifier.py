@@ -386,6 +386,25 @@ def _is_bare(text):
         c.isdigit() and t[k - 1] not in '^_{' for k, c in enumerate(t[first:], first))
 
 
+def _is_prose(t):
+    """Does t hold an English word ("area", "Adding": three or more letters, lower case
+    after the first), outside LaTeX? "MR=SRMC" and "dM/dt" do not."""
+    i = 0
+    while i < len(t):
+        if not _is_letter(t[i]):
+            i += 1
+            continue
+        j = i
+        while j < len(t) and _is_letter(t[j]):
+            j += 1
+        word = t[i:j]
+        if len(word) >= 3 and word[1:].islower() and not _in_latex(t, i) and \
+                word.lower() not in _CONNECTIVE_WORDS and word.lower() not in _FUNCS:
+            return True
+        i = j
+    return False
+
+
 def _in_latex(t, i):
     """Is the word at t[i] a \\command, or the first word of a command's argument
     (\\begin{pmatrix}, \\text{ thousand}, \\mathbb{R})?"""
@@ -492,6 +511,7 @@ def _answer_in(text):
     return _last_number(t)
 
 
+_OPENERS = ('so', 'thus', 'hence', 'therefore', 'then', 'and', 'finally', 'clearly')
 _MARKERS = ('final answer is', 'answer is', 'answer:', 'answer =', '####')
 
 
@@ -519,6 +539,14 @@ def _after_marker(text):
             start = max(0, k - 300)
             head = text[start:k]
             cut = max(head.rfind('. '), head.rfind('\n')) + 1
+            if '\\boxed' in head[cut:] or '\\fbox' in head[cut:]:
+                break  # "Hence \boxed{5} is the answer.": the box says it
+            said = head[cut:].strip().rstrip(',').strip()
+            for lead in _OPENERS:  # "So \frac{14}{3} is the answer."
+                if said.lower().startswith(lead + ' '):
+                    said = said[len(lead) + 1:].strip().lstrip(',').strip()
+            if said and (_is_bare(said.replace('$', ' ')) or not _is_prose(said)):
+                return said, k
             spans = _math_spans(head[cut:])
             if spans:  # the position is where the answer starts: a box inside it wins
                 return spans[-1][2].strip(), start + cut + spans[-1][0]
@@ -536,10 +564,11 @@ def _after_marker(text):
             line = line[:cut]
     line = line.rstrip(' .')
     cut = line.rfind(' (')
-    if cut > 0 and line.endswith(')') and any(
-            _is_letter(a) and _is_letter(b) for a, b in zip(line[cut:], line[cut + 1:])):
+    if cut > 0 and line.endswith(')') and any(  # a word, not a command like \infty
+            _is_letter(line[k]) and _is_letter(line[k + 1]) and not _is_letter(line[k - 1])
+            and not _in_latex(line, k) for k in range(cut + 1, len(line) - 1)):
         line = line[:cut]  # "12 (at x = 3)", "100 (dollars)": a remark in brackets
-    line = line.strip(' \t*.').strip()[:300]
+    line = line.strip(' \t*').rstrip('.').strip()[:300]  # ".0000672" keeps its point
     if line.startswith('\\"') and line.endswith('\\"'):  # 'is \\"$12 $ and $13 $\\".'
         line = line[2:-2]
     line = line.strip().strip('"').strip()
@@ -547,7 +576,7 @@ def _after_marker(text):
         return None, -1
     if '\\boxed' in line or '\\fbox' in line:
         return _last_boxed(line)[0], best
-    if _is_bare(line.replace('$', ' ')):
+    if _is_bare(line.replace('$', ' ')) or not _is_prose(line):  # "MR=SRMC" is no sentence
         return line, best
     # "Final Answer: The area is 58.": the answer in the sentence; a position of -1 lets
     # an earlier box win over a remark ("The answer is consistent with the 2 cases")

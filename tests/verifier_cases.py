@@ -900,3 +900,14 @@ CASES += [
     ('\\mathbb{R}', '(-\\infty,\\infty)', True, 'model'),
     ('\\text{Evelyn}', '\\text{Evelyn}', True, 'model'),
 ]
+
+CASES += [
+    ('Hence \\boxed{\\frac{14}{3}} is the answer.', '\\frac{14}{3}', True, 'model'),
+    ('Hence \\boxed{\\frac{14}{3}} is the answer.', '14', False, 'safety'),
+    ('So \\frac{14}{3} is the answer.', '\\frac{14}{3}', True, 'model'),
+    ('The answer is (-\\infty, 2) \\cup (3, \\infty).', '(-\\infty, 2) \\cup (3, \\infty)', True, 'model'),
+    ('The answer is (-\\infty, 2) \\cup (3, \\infty).', '(-\\infty, 2)', False, 'safety'),
+    ('The answer is .0000672.', '6.72e-5', True, 'model'),
+    ('The answer is MR=SRMC.', 'MR=SRMC', True, 'gold'),
+    ('The answer is 12 (at x = 3).', '12', True, 'model'),
+]
