@@ -17,18 +17,20 @@ Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (n
   line joined by a connective form one answer list: only joiners (",", "and", "or", "$",
   "\\quad", "y_2 =") or up to four words with "and" or a comma ("\\boxed{(2,1)} for part
   (a) and \\boxed{(0,4)}", "\\boxed{3} trucks and \\boxed{4} vans"), never a number; so the
-  hedge "\\boxed{3} or \\boxed{4}" is the list {3, 4}. Boxes restating one answer count
-  once, unless "and" joins them ("\\boxed{90} and \\boxed{90}"). Markers: the rest of the
-  line after the last "final answer is" / "answer is" / "answer:" / "answer =" / "####",
+  hedge "\\boxed{3} or \\boxed{4}" is the list {3, 4}; a correction between two boxes
+  ("but", "wait", "then", "actually", ...) leaves the last box alone. Boxes restating one
+  answer count once, unless "and" joins them ("\\boxed{90} and \\boxed{90}"). Markers: the
+  rest of the line after the last "final answer is" / "answer is" / "answer:" / "####",
   cut at ". ", ", since", ", because", a remark in brackets ("12 (at x = 3)"); a bare
   "Answer" followed by a math span ("Answer $ 42 $", "Answer \\[ 42 \\]"; inline math broken
   over lines, "Answer $ \\n 42 \\n $", is no answer, as in Math-Verify); the text before
-  "is the answer" / "is our answer" ("so 31 is the answer"). A marked line that is a
-  sentence gives the answer in it: what follows its last " is ", else its last math span,
-  else its last number ("Final Answer: The area is 58." -> 58). A marker after the last
-  box wins over it when its line is itself an answer (Minerva's "Final Answer: The final
-  answer is $X$. I hope it is correct." after an earlier box); a remark does not ("The
-  answer is consistent with the 2 cases above"). Chat tokens ("<|im_start|>user") are
+  "is the answer" / "is our answer" ("so 31 is the answer", "So \\frac{14}{3} is the
+  answer"; a box there speaks for itself). A marked line that is a sentence (has an
+  English word; "MR=SRMC" is kept whole) gives the answer in it: what follows its last
+  " is ", else its last math span, else its last number ("Final Answer: The area is
+  58." -> 58). A marker after the last box wins over it when its line is itself an
+  answer (Minerva's "Final Answer: The final answer is $X$. I hope it is correct." after
+  an earlier box); a remark does not ("The answer is consistent with the 2 cases"). Chat tokens ("<|im_start|>user") are
   dropped; LaTeX escaped twice ("\\\\frac") is halved. Only the last 50,000 characters.
 Extraction with fallback=True (for evaluation; last_number=True is its old name): with
   no box and no marker, the response itself when it is a bare answer (at most one word
