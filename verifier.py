@@ -30,8 +30,9 @@ Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (n
   " is ", else its last math span, else its last number ("Final Answer: The area is
   58." -> 58). A marker after the last box wins over it when its line is itself an
   answer (Minerva's "Final Answer: The final answer is $X$. I hope it is correct." after
-  an earlier box); a remark does not ("The answer is consistent with the 2 cases"). Chat tokens ("<|im_start|>user") are
-  dropped; LaTeX escaped twice ("\\\\frac") is halved. Only the last 50,000 characters.
+  an earlier box); a remark does not ("The answer is consistent with the 2 cases").
+  Chat tokens ("<|im_start|>user") are dropped; LaTeX escaped twice ("\\\\frac") is
+  halved. Only the last 50,000 characters are read.
 Extraction with fallback=True (for evaluation; last_number=True is its old name): with
   no box and no marker, the response itself when it is a bare answer (at most one word
   of two or more letters outside LaTeX: "$\\frac27$", "t \\in (1, 9]", "30 dollars",
@@ -107,10 +108,10 @@ Relations: < > \\le \\ge \\ne compare as (left - right) op 0: equal when one sid
   negation and scaling are the same relation (2 \\le t = t \\ge 2, -y \\le -4 = y \\ge 4,
   2x \\ge 10 = x \\ge 5). A variable bounded by constants also has its interval (x \\ge 3:
   [3, \\infty); -2 < x \\le 5: (-2, 5]; |x| < 3: (-3, 3); 1 \\le |z| \\le 2: [-2,-1] \\cup
-  [1,2]; x \\ne 1: (-\\infty,1) \\cup (1,\\infty)). The asymmetry (Math-Verify's, kept on purpose): a gold
-  relation accepts a predicted interval or "x \\in interval" that is its solution set,
-  but a gold interval rejects a predicted relation, since an inequality often echoes the
-  question's condition rather than answering it. Other chains ("f(2) < f(1) < f(4)")
+  [1,2]; x \\ne 1: (-\\infty,1) \\cup (1,\\infty)). The asymmetry (Math-Verify's, kept on
+  purpose): a gold relation accepts a predicted interval or "x \\in interval" that is
+  its solution set, but a gold interval rejects a predicted relation, since an
+  inequality often echoes the question's condition rather than answering it. Other chains ("f(2) < f(1) < f(4)")
   compare as normalised strings.
 Expressions: evaluated by our own parser (implicit products, \\frac, \\sqrt[n], ^, !,
   \\binom, floor/ceil, |x|, trig/log/exp; i is the imaginary unit, and so is j after a
