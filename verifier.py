@@ -367,7 +367,7 @@ def _is_bare(text):
         return False
     if t.lower().rstrip('.') in _PHRASES:
         return True
-    words, first, i = 0, -1, 0
+    words, last, i = 0, 0, 0
     while i < len(t):
         if not _is_letter(t[i]):
             i += 1
@@ -379,14 +379,18 @@ def _is_bare(text):
         if j - i >= 2 and not _in_latex(t, i) and word not in _CONNECTIVE_WORDS \
                 and word not in _FUNCS:  # "sin 2x" written without the backslash
             words += 1
-            first = i if first < 0 else first
+            last = j
         i = j
     if words == 0:
         return True
     # one word: the answer itself ("prime") or a unit after the number ("30 dollars",
-    # "864 inches^2"), never a word before a number
-    return words == 1 and '\n' not in t and not any(
-        c.isdigit() and t[k - 1] not in '^_{' for k, c in enumerate(t[first:], first))
+    # "864 inches^2"), the last thing written; never "Therefore \[ x \]" or "Soucis : 2,74"
+    if words > 1 or '\n' in t:
+        return False
+    rest = t[last:]
+    for exponent in ('^{2}', '^{3}', '^2', '^3', '\u00b2', '\u00b3'):
+        rest = rest.replace(exponent, '')
+    return all(c in ' .,;:!?}$)]*~%' for c in rest)
 
 
 def _is_prose(t):
@@ -511,6 +515,8 @@ def _answer_in(text):
     spans = _math_spans(t)
     if spans:
         return spans[-1][2].strip() or None
+    if _number_word(t.rstrip('.')) != t.rstrip('.'):  # "twenty-five"
+        return t.rstrip('.')
     return _last_number(t)
 
 
@@ -548,7 +554,8 @@ def _after_marker(text):
             for lead in _OPENERS:  # "So \frac{14}{3} is the answer."
                 if said.lower().startswith(lead + ' '):
                     said = said[len(lead) + 1:].strip().lstrip(',').strip()
-            if said and (_is_bare(said.replace('$', ' ')) or not _is_prose(said)):
+            if said and (_is_bare(said.replace('$', ' ')) or not _is_prose(said)
+                         or _number_word(said) != said):  # "twenty-five is the answer"
                 return said, k
             spans = _math_spans(head[cut:])
             if spans:  # the position is where the answer starts: a box inside it wins

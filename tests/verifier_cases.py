@@ -911,3 +911,13 @@ CASES += [
     ('The answer is MR=SRMC.', 'MR=SRMC', True, 'gold'),
     ('The answer is 12 (at x = 3).', '12', True, 'model'),
 ]
+
+CASES += [
+    ('Therefore \\[ i^2 \\]', '-1', True, 'model'),
+    ('Therefore \\[ \\frac{1}{2} \\]', '0.5', True, 'model'),
+    ('Therefore \\[ \\frac{1}{2} \\]', '2', False, 'safety'),
+    ('Thus we get \\( \\text{(B)} \\).', '\\text{(B)}', True, 'model'),
+    ('The answer is twenty-five.', '25', True, 'model'),
+    ('So twenty-five is the answer.', '25', True, 'model'),
+    ('x = 5 meters', '5', True, 'model'),
+]
