@@ -221,6 +221,19 @@ def test_response_table(response, gold, expected):
     assert V.score(response, gold) == expected
 
 
+TEMPLATES = ['The answer is %s.', 'The answer is $%s$.', 'So %s is the answer.', '$%s$', 'We obtain $%s$.',
+             'Final Answer: The final answer is $%s$. I hope it is correct.', 'Therefore \\[ %s \\]',
+             'Hence \\boxed{%s} is the answer.', 'Answer: %s', 'Thus we get \\( %s \\).']
+
+
+def test_equivalence_table_in_response_templates():
+    # every prediction of EQUIV written the ways responses write answers, read by the fallback
+    bad = [(t, p, g) for p, g, e in EQUIV for t in TEMPLATES
+           if V.score(t % p, g, fallback=True) != float(e)]
+    bad += [(p, g) for p, g, e in EQUIV if V._is_bare(p) and V.score(p, g, fallback=True) != float(e)]
+    assert not bad, bad
+
+
 def test_case_table():
     # one test for the whole table (it is large): every mismatch is listed
     bad = [(k, source, response[-60:], gold, expected) for k, (response, gold, expected, source)
