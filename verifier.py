@@ -19,7 +19,8 @@ Extraction (strict, the default, for training): the last \\boxed{} / \\fbox{} (n
   (a) and \\boxed{(0,4)}", "\\boxed{3} trucks and \\boxed{4} vans"), never a number; so the
   hedge "\\boxed{3} or \\boxed{4}" is the list {3, 4}; a correction between two boxes
   ("but", "wait", "then", "actually", ...) leaves the last box alone. Boxes restating one
-  answer count once, unless "and" joins them ("\\boxed{90} and \\boxed{90}"). Markers: the
+  answer count once, unless "and" or a comma lists them ("\\boxed{90} and \\boxed{90}",
+  "\\boxed{1}, \\boxed{1}" for the answer 1, 1). Markers: the
   rest of the line after the last "final answer is" / "answer is" / "answer:" / "####",
   cut at ". ", ", since", ", because", a remark in brackets ("12 (at x = 3)"); a bare
   "Answer" followed by a math span ("Answer $ 42 $", "Answer \\[ 42 \\]"; inline math broken
@@ -305,7 +306,8 @@ def _last_boxed(text):
         # "\boxed{5} $\boxed{5}$" or "\boxed{15\frac{39}{40}} or \boxed{\frac{639}{40}}"
         # restate one answer: keep the last form of it ("\boxed{90} and \boxed{90}": two).
         gap = text[stop:prev].replace('{', ' ').replace('}', ' ') if prev is not None else ''
-        if ' and ' in gap or not any(is_equivalent(content, a) for a in answers):
+        listed = (' and ' in gap or ',' in gap) and ' or ' not in gap  # "\boxed{1}, \boxed{1}"
+        if listed or not any(is_equivalent(content, a) for a in answers):
             answers.append(content)
         prev = i
     return (', '.join(reversed(answers)), stop_last) if answers else (None, -1)

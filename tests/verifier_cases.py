@@ -921,3 +921,10 @@ CASES += [
     ('So twenty-five is the answer.', '25', True, 'model'),
     ('x = 5 meters', '5', True, 'model'),
 ]
+
+CASES += [
+    ('\\boxed{16}, \\boxed{3}, \\boxed{1}, \\boxed{1}', '16,3,1,1', True, 'gold'),
+    ('\\boxed{16}, \\boxed{3}, \\boxed{1}', '16,3,1,1', False, 'safety'),
+    ('\\boxed{-2}, \\boxed{-2}', '-2,-2', True, 'gold'),
+    ('\\boxed{-2} $\\boxed{-2}$', '-2', True, 'model'),
+]
