@@ -21,7 +21,7 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # ----------------------------------------------------------------------------- problems
 
@@ -31,7 +31,7 @@ class Problem:
     prompt: str  # the question as a person would write it (no instruction, no chat markup)
     answer: str  # gold final answer, as text ("72", "\\frac{1}{2}")
     solution: str | None = None  # a worked solution when the source has one (synthetic task)
-    source: str | None = None  # "file:line" for a problem read from a file, so errors can name it
+    source: str | None = field(default=None, compare=False)  # "file:line" of a problem read from a file, for errors
 
 
 # ----------------------------------------------------------------------------- JSONL loaders
