@@ -670,7 +670,8 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     if world()[1] == 1:
         return t
     out = t.new_empty((world()[1] * t.shape[0], *t.shape[1:]))
-    torch.distributed.all_gather_into_tensor(out, t.contiguous())
+    gather = getattr(torch.distributed, "all_gather_single", None) or torch.distributed.all_gather_into_tensor
+    gather(out, t.contiguous())  # (all_gather_single: the newer name of all_gather_into_tensor)
     return out
 
 
@@ -1718,7 +1719,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse_args returns only the flags the user typed: those override the preset of --algo."""
     p = argparse.ArgumentParser(
         prog="a3po", argument_default=argparse.SUPPRESS,
-        description="A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU. With no "
+        description="A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU, or on N "
+                    "processes with `torchrun --nproc-per-node N a3po.py` (the same rollouts for any N). With no "
                     "arguments: the a3po preset on the shipped model and synthetic task. [method N] tags name the "
                     "sections of docs/method.md. A setting whose default is 'none' is off unless given; "
                     "'--X none' turns it off again.")
@@ -1790,7 +1792,7 @@ def main(argv=None):
         init_distributed(cfg)
         loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
     except (ValueError, OSError) as e:  # UserError, the data / model loaders' file:line errors, missing files
-        if world()[0] == 0:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, also before the process group exists
             print(f"a3po: error: {e}", file=sys.stderr)
         shutdown_distributed()
         raise SystemExit(2)
