@@ -83,6 +83,10 @@ def test_a_row_samples_the_same_tokens_in_any_batch(tiny):
     assert chunks == whole and [shuffled[order.index(i)] for i in range(12)] == whole
     assert alone == whole[:3]
     assert len({tuple(w) for w in whole}) > 6  # rows of the same prompt still differ
+    # stopping at EOS: finished rows leave the batch mid-way, which changes no other row
+    ended = model.generate(net, prompts, 8, eos_ids=[1], row_keys=keys)[0]
+    assert len({len(e) for e in ended}) > 2 and ended == [w[:len(e)] for w, e in zip(whole, ended)]
+    assert model.generate(net, prompts[5:], 8, eos_ids=[1], row_keys=keys[5:])[0] == ended[5:]
     with pytest.raises(ValueError, match="row_keys"):
         model.generate(net, prompts, 2, row_keys=keys[:3])
 
