@@ -281,12 +281,12 @@ def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
     policy, tok = model.load(a3po.resolve_model_path(model_path))
     prompts = a3po.encode_prompts(problems, tok, cfg, policy.config.max_position_embeddings, "held-out")
     n = max(cfg.eval_k)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_999_937)  # as a3po.evaluate
+    keys = a3po.eval_keys(cfg, range(len(problems)), n)  # the held-out samples' keys, as a3po.evaluate draws them
     seqs = [p for p in prompts for _ in range(n)]
     sampled = []
     for i in range(0, len(seqs), cfg.eval_batch_size):
         sampled += model.generate(policy, seqs[i:i + cfg.eval_batch_size], cfg.max_new_tokens, cfg.temperature,
-                                  cfg.top_p, eos_ids=tok.eos_ids, generator=gen)[0]
+                                  cfg.top_p, eos_ids=tok.eos_ids, row_keys=keys[i:i + cfg.eval_batch_size])[0]
     golds = [q.answer for q in problems for _ in range(n)]
     return dict(length=[len(r) for r in sampled],
                 correct=[int(verifier.score(tok.decode(r), g)) for r, g in zip(sampled, golds)],
