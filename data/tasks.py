@@ -9,7 +9,7 @@ the shipped model (data/default_model/) use: unbounded, deterministic, exact int
 with a train/test split that never overlaps.
 A second synthetic task, the search task (`search_problems`, `a3po.py --data search`, the
 model data/search_model/), is solved by trying candidates one checked line at a time
-("Which n from 1 to 12 gives 7n+3=52?" -> "try 5: 7*5+3=38 low" ... "try 7: 7*7+3=52 yes",
+("Which n from 1 to 12 gives 7n+3=52?" -> "7*5+3=35+3=38 low" ... "7*7+3=49+3=52 yes",
 "\\boxed{7}"), so the length of a response is the model's choice: where sample polarity can
 show in response length and pass@k (bench/polarity.py --task search).
 
@@ -382,12 +382,13 @@ def synthetic_problems(n, seed, split="train", level=DEFAULT_LEVEL, style="mixed
 # A problem whose solution is a search, so that the model chooses how long it reasons:
 #     Which n from 1 to 12 gives 7n+3=52?
 # solved by trying candidates, each checked in its own line, until one works:
-#     try 5: 7*5+3=38 low
-#     try 9: 7*9+3=66 high
-#     try 7: 7*7+3=52 yes
+#     7*5+3=35+3=38 low
+#     7*9+3=63+3=66 high
+#     7*7+3=49+3=52 yes
 #     \boxed{7}
-# Every check is exact and visible (the verdict says whether the value is below, above or at
-# the target), so the reward is unambiguous. The worked solutions the shipped search model
+# Each line tries one candidate (the second factor) and checks it exactly and visibly: the
+# product first, then the sum (a small model gets a*k+b in one go wrong half the time), then
+# the verdict: below, above or at the target. The reward is the boxed answer, unambiguous. The worked solutions the shipped search model
 # learned from (tools/train_search_model.py) try candidates in a random order and ignore the
 # low/high verdicts, and some stop early with an unchecked guess. So a sampled response can
 # be short (a lucky first try, or a guess) or long (it can also run out of tokens before it
@@ -425,10 +426,10 @@ def search_text(s):
 
 
 def search_try(s, k):
-    """The check of candidate k, e.g. 'try 5: 7*5+3=38 low'."""
+    """The check of candidate k, e.g. '7*5+3=35+3=38 low'."""
     value = s.a * k + s.b
     verdict = "yes" if value == s.target else ("low" if value < s.target else "high")
-    return f"try {k}: {s.a}*{k}+{s.b}={value} {verdict}"
+    return f"{s.a}*{k}+{s.b}={s.a * k}+{s.b}={value} {verdict}"
 
 
 def search_solution(s, rng=None, guess_rate=0.0, order=None):

@@ -288,19 +288,18 @@ SEARCH_MODEL = os.path.join(ROOT, "data", "search_model")
 
 
 def replay_search(problem_text, solution):
-    """Checks every line of a search: 'try k: a*k+b=v verdict' with v and the verdict exact
-    for the equation of the prompt. -> (tried candidates, boxed answer, whether a 'yes' came
-    last before the box)."""
+    """Checks every line of a search: 'a*k+b=p+b=v verdict' with the equation of the prompt,
+    p = a*k, v = p+b and the verdict exact. -> (tried candidates, boxed answer, whether a 'yes'
+    came last before the box)."""
     lhs, target = problem_text[len(f"Which n from 1 to {tasks.SEARCH_MAX_N} gives "):-1].split("=")
     a, b = (int(x) for x in lhs.split("n+"))
     *lines, last = solution.split("\n")
     tried, said_yes = [], False
     for line in lines:
-        head, check = line.split(": ")
-        k = int(head[len("try "):])
-        expr, rest = check.split("=")
-        value, verdict = rest.split(" ")
-        assert expr == f"{a}*{k}+{b}" and int(value) == a * k + b, line
+        check, verdict = line.split(" ")
+        expr, step, value = check.split("=")
+        k = int(expr[len(f"{a}*"):-len(f"+{b}")])
+        assert expr == f"{a}*{k}+{b}" and step == f"{a * k}+{b}" and int(value) == a * k + b, line
         assert verdict == {-1: "low", 0: "yes", 1: "high"}[(a * k + b > int(target)) - (a * k + b < int(target))]
         assert not said_yes, "a try after the one that worked"
         tried.append(k)
@@ -386,6 +385,7 @@ def test_search_model_samples_checked_searches_of_many_lengths(search_model):
     assert 0.05 < sum(right) / len(right) < 0.9
     assert lengths[-len(lengths) // 10] >= 3 * lengths[len(lengths) // 10]  # p90 / p10 >= 3
     finished = [tok.decode(r) for r in out if r[-1] in tok.eos_ids]
-    lines = [line for t in finished for line in t.split("\n") if line.startswith("try ")]
-    exact = sum(eval(line.split(": ")[1].split("=")[0]) == int(line.split("=")[1].split(" ")[0]) for line in lines)
-    assert exact >= 0.9 * len(lines)
+    lines = [line.split(" ")[0].split("=") for t in finished for line in t.split("\n")[:-1]]
+    checks = [line for line in lines if len(line) == 3 and all(x and set(x) <= set("0123456789*+") for x in line)]
+    exact = sum(eval(x) == eval(y) == int(z) for x, y, z in checks)
+    assert len(checks) >= 0.9 * len(lines) and exact >= 0.8 * len(checks)
