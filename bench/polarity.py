@@ -2,7 +2,8 @@
 
     python bench/polarity.py                 # full study: 9 variants x 4 seeds (~45 min on 2 idle cores, estimated)
     python bench/polarity.py --quick         # smaller and shorter (< 10 min): a smoke test of the study
-    python bench/polarity.py --task search   # the same study on the search task (data/search_model)
+    python bench/polarity.py --task search   # the same on the search task: 10 variants x 4 seeds (~2 h, estimated)
+    python bench/polarity.py --task search --quick   # its smoke test (~6 min with --jobs 2 on 2 idle cores)
     python bench/polarity.py --report-only   # rebuild the report from the runs already on disk
     python bench/polarity.py -- --model PATH # flags after -- go to every a3po.py run
 
@@ -92,10 +93,12 @@ FULL = dict(seeds=[0, 1, 2, 3], steps=40, eval_every=10, eval_size=100, variants
 # Quick: every variant, 2 seeds (the smallest number with a spread), 6 steps: 18 runs of ~26
 # CPU-seconds. A smoke test of the whole pipeline; its numbers mean little.
 QUICK = dict(seeds=[0, 1], steps=6, eval_every=3, eval_size=24, variants=SYNTHETIC_VARIANTS)
-# The search task: responses are 3-4x longer than the arithmetic task's (up to its budget of
-# tasks.SEARCH_MAX_NEW_TOKENS), so a step costs more; SEARCH_FULL's steps are where the
-# curves of the measured runs flattened (see docs/polarity-search.md).
-SEARCH_FULL = dict(seeds=[0, 1, 2, 3], steps=60, eval_every=10, eval_size=100, variants=list(VARIANTS))
+# The search task: responses are ~3x longer than the arithmetic task's (up to its budget of
+# tasks.SEARCH_MAX_NEW_TOKENS), so a step costs more: measured on one thread ~5 s a step, ~2 s
+# an evaluation of 16 problems x 16 samples (so ~11 s for 100). Full: 40 runs of ~6 min
+# (48 steps, 5 evaluations, the length redraws): ~2 h with --jobs 2 on 2 idle cores (estimated).
+# Quick: 20 runs of ~33 s, measured 10.9 min with --jobs 1 while other jobs shared the machine.
+SEARCH_FULL = dict(seeds=[0, 1, 2, 3], steps=48, eval_every=12, eval_size=100, variants=list(VARIANTS))
 SEARCH_QUICK = dict(seeds=[0, 1], steps=4, eval_every=2, eval_size=16, variants=list(VARIANTS))
 SIZES = {("synthetic", False): FULL, ("synthetic", True): QUICK, ("search", False): SEARCH_FULL,
          ("search", True): SEARCH_QUICK}
@@ -150,25 +153,12 @@ def study_settings(args) -> dict:
     return settings
 
 
-def task_flags(settings: dict, runs_dir: str) -> list[str]:
-    """a3po.py flags that pick the task: none for the default task. The search task's problems
-    are those `a3po.py --data search` uses (tasks.search_problems(train_size, 0, "train") and
-    (eval_size, 0, "test")), written once to JSONL files in the runs dir and read through the
-    generic loader, with the search model and the task's token budget."""
-    if settings.get("task", "synthetic") == "synthetic":
-        return []
-    from data import tasks
-
-    train, test = os.path.join(runs_dir, "search-train.jsonl"), os.path.join(runs_dir, "search-test.jsonl")
-    for path, problems in ((train, tasks.search_problems(SEARCH_TRAIN_SIZE, 0, "train")),
-                           (test, tasks.search_problems(settings["eval_size"], 0, "test"))):
-        if not os.path.exists(path):
-            write_atomic(path, "".join(json.dumps(dict(prompt=p.prompt, answer=p.answer)) + "\n" for p in problems))
-    return ["--model", "data/search_model", "--data", train, "--eval-data", test, "--data-format", "generic",
-            "--prompt-key", "prompt", "--answer-key", "answer", "--max-new-tokens", str(tasks.SEARCH_MAX_NEW_TOKENS)]
+def task_flags(settings: dict) -> list[str]:
+    """a3po.py flags that pick the task: none for the default task; `--data search` brings the
+    search model and the task's token budget with it (flags after -- still override them)."""
+    return ["--data", settings["task"]] if settings.get("task", "synthetic") != "synthetic" else []
 
 
-SEARCH_TRAIN_SIZE = 20000  # a3po.py's --train-size default
 
 
 def read_settings(runs_dir: str) -> dict:
@@ -203,7 +193,7 @@ def run_command(variant: str, seed: int, settings: dict, run_dir: str) -> list[s
             "--steps", str(settings["steps"]), "--eval-every", str(settings["eval_every"]),
             "--save-every", str(settings["eval_every"]),  # so an interrupted run loses little
             "--eval-size", str(settings["eval_size"]), "--eval-k", *map(str, settings["eval_k"]),
-            *task_flags(settings, os.path.dirname(run_dir)), *settings["extra"]]
+            *task_flags(settings), *settings["extra"]]
 
 
 def finished(run_dir: str, steps: int) -> bool:

@@ -4,6 +4,7 @@ claim rule gives the verdicts it states, and the study runs end to end on a tiny
 Most tests write synthetic runs (metrics.jsonl + done.json + config.json, as a3po.py and the
 study leave them) with known effects, so they take milliseconds; one trains 4 tiny runs.
 """
+import dataclasses
 import importlib.util
 import json
 import math
@@ -342,15 +343,14 @@ def test_search_task_runs_on_its_own_problems_model_and_outputs(tmp_path):
     settings = polarity.study_settings(args)
     assert settings["task"] == "search" and "task" not in polarity.study_settings(polarity.parse_args([]))
     cmd = polarity.run_command("w-reinforce", 1, settings, polarity.run_dir_of(str(tmp_path), "w-reinforce", 1))
-    flag = lambda name: cmd[cmd.index(name) + 1]
-    assert cmd[2:4] == ["--algo", "w-reinforce"]
-    assert flag("--model") == "data/search_model" and flag("--max-new-tokens") == str(tasks.SEARCH_MAX_NEW_TOKENS)
-    assert flag("--data-format") == "generic"
-    train = tasks.load_problems(flag("--data"), prompt_key="prompt", answer_key="answer")
-    test = tasks.load_problems(flag("--eval-data"), prompt_key="prompt", answer_key="answer")
-    assert [(p.prompt, p.answer) for p in test] == [(p.prompt, p.answer) for p in tasks.search_problems(16, 0, "test")]
-    assert len(train) == polarity.SEARCH_TRAIN_SIZE and not {p.prompt for p in train} & {p.prompt for p in test}
+    assert cmd[2:4] == ["--algo", "w-reinforce"] and cmd[cmd.index("--data") + 1] == "search"
     assert "--data" not in polarity.run_command("grpo", 0, polarity.study_settings(polarity.parse_args([])), "x")
+    import a3po  # --data search brings the search model and its token budget
+
+    cfg = a3po.parse_config(cmd[2:])
+    assert cfg.model == "data/search_model" and cfg.max_new_tokens == tasks.SEARCH_MAX_NEW_TOKENS
+    train, held_out = a3po.load_data(dataclasses.replace(cfg, train_size=500))
+    assert held_out == tasks.search_problems(16, 0, "test") and not {p.prompt for p in train} & {p.prompt for p in held_out}
 
 
 def test_length_table_pools_the_recorded_samples(tmp_path):
