@@ -37,3 +37,10 @@ def smollm2_hf(request):
     if os.path.exists(os.path.join(path, "tokenizer.json")):
         return path
     return request.getfixturevalue("smollm2_converted")[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The trainer tests' tiny model and task (test_trainer.make_tiny_task), one per test module."""
+    from test_trainer import make_tiny_task
+    return make_tiny_task(tmp_path_factory.mktemp("tiny"))

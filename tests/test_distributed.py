@@ -19,8 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import a3po  # noqa: E402
 import model  # noqa: E402
-from test_trainer import (ROOT, N_DIGITS, deterministic, make_tiny_model, read_jsonl, shaped, tiny_args,  # noqa: E402
-                          tiny_batch, write_jsonl)
+from test_trainer import ROOT, N_DIGITS, deterministic, read_jsonl, shaped, tiny_args, tiny_batch  # noqa: E402
 
 AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum-norm")
 # (name, Config overrides, gradient checkpointing, reference model for the KL)
@@ -36,15 +35,6 @@ def torchrun(*args, n=2):
 
 def env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_dist")
-    make_tiny_model(str(root / "model"))
-    write_jsonl(root / "train.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(40)])
-    write_jsonl(root / "eval.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(8)])
-    return root
 
 
 # ----------------------------------------------------------------------------- per-row random numbers

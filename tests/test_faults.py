@@ -13,16 +13,7 @@ import torch
 
 import a3po
 import model
-from test_trainer import ROOT, make_tiny_model, read_jsonl, tiny_args, write_jsonl, N_DIGITS
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_faults")
-    make_tiny_model(str(root / "model"))
-    write_jsonl(root / "train.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(40)])
-    write_jsonl(root / "eval.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(8)])
-    return root
+from test_trainer import ROOT, read_jsonl, tiny_args, write_jsonl, N_DIGITS
 
 
 def a3po_process(args, **kw):

@@ -67,9 +67,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
+def make_tiny_task(root):
+    """root/model (the tiny model), root/train.jsonl (40 problems), root/eval.jsonl (8). The
+    `tiny` fixture of conftest.py makes one per test module."""
     make_tiny_model(str(root / "model"))
     write_jsonl(root / "train.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(40)])
     write_jsonl(root / "eval.jsonl", [{"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)} for i in range(8)])

@@ -369,7 +369,6 @@ def dataset_cases(folder):
     """Labelled cases built from the shared datasets' own text (empty when absent):
     MATH-500 solutions as responses against their answer (right) and against the answer
     plus one when it is an integer (wrong); GSM8K answer fields as responses and as golds."""
-    import glob
     import json
     import os
     cases = []
