@@ -135,6 +135,7 @@ def parse_cell(cell: str):
     ("## Presets", polarity.MAIN_COLUMNS, polarity.PRESETS),
     ("## Token-level ablations", polarity.MAIN_COLUMNS, ["a3po"] + polarity.ABLATIONS),
     ("## By polarity", polarity.POLARITY_COLUMNS, list(polarity.VARIANTS)),
+    ("## A3PO's constants", polarity.MAIN_COLUMNS, ["a3po", "dapo"] + polarity.SWEEP),
 ])
 def test_table_equals_plain_recomputation(fake_study, heading, columns, variants):
     text = (fake_study / "out" / "polarity.md").read_text()
@@ -340,6 +341,7 @@ def test_search_task_runs_on_its_own_problems_model_and_outputs(tmp_path):
     assert args.name == "polarity-search-quick" and "w-reinforce" in args.variants
     assert polarity.parse_args(["--task", "search"]).name == "polarity-search"
     assert "w-reinforce" not in polarity.parse_args([]).variants  # the default task's study keeps its 9
+    assert not set(polarity.SWEEP) & set(args.variants) and len(polarity.SWEEP) == 4  # the sweep: --variants
     settings = polarity.study_settings(args)
     assert settings["task"] == "search" and "task" not in polarity.study_settings(polarity.parse_args([]))
     cmd = polarity.run_command("w-reinforce", 1, settings, polarity.run_dir_of(str(tmp_path), "w-reinforce", 1))
