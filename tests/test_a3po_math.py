@@ -1,4 +1,4 @@
-"""Tests of the MATH section of a3po.py (spec sections 1-4, 7).
+"""Tests of the MATH section of a3po.py (docs/method.md sections 1-4, 7).
 
 Every formula is checked two ways: against small hand-worked examples whose numbers are
 written here, and against a slow float64 re-computation written plainly (Python loops) in
@@ -122,7 +122,7 @@ def naive_logprobs64(h, W, t):
 
 # ============================================================ config and presets
 
-# spec section 5 table, written out again here
+# method section 5 table, written out again here
 TABLE = {
     "grpo": ("std", 1.0, 1.0, False, 0.2, 0.2, "seq-mean-token-mean", False),
     "dapo": ("std", 1.0, 1.0, False, 0.2, 0.28, "token-mean", True),
@@ -134,7 +134,7 @@ TABLE = {
 
 
 @pytest.mark.parametrize("name", list(TABLE))
-def test_presets_match_spec_table(name):
+def test_presets_match_the_method_table(name):
     c = a3po.apply_preset(name)
     got = (c.adv_norm, c.w_pos, c.w_neg, c.token_shaping, c.eps_low, c.eps_high, c.loss_agg, c.dynamic_sampling)
     assert got == TABLE[name]
@@ -143,7 +143,7 @@ def test_presets_match_spec_table(name):
     assert c.wreinforce_lambda == 0.1
 
 
-def test_default_config_is_a3po_with_spec_defaults():
+def test_default_config_is_a3po_with_the_method_defaults():
     c = a3po.Config()
     assert c == a3po.apply_preset("a3po")
     assert (c.rho_pos, c.rho_neg, c.alpha0_pos, c.alpha0_neg) == (0.2, 0.2, 2.0, 2.0)
@@ -175,7 +175,7 @@ def test_bad_config_is_a_clear_error(bad):
         a3po.apply_preset(*bad)
 
 
-# ============================================================ advantages (spec 1, 2)
+# ============================================================ advantages (method 1, 2)
 
 def cfg_adv(norm):
     return dataclasses.replace(a3po.Config(), adv_norm=norm)
@@ -262,7 +262,7 @@ def test_polarity_weights():
     assert got.tolist() == [0.75, -1.0, 0.0]
 
 
-# ============================================================ token shaping (spec 3)
+# ============================================================ token shaping (method 3)
 
 @pytest.mark.parametrize("kind,want", [
     ("linear", [2.0, 1.75, 1.5, 1.0, 1.0]),
@@ -399,7 +399,7 @@ def test_shape_advantages_random_vs_loops(seed):
     assert not (bp & ~mask).any() and not (bn & ~mask).any()
 
 
-# ============================================================ objective (spec 4)
+# ============================================================ objective (method 4)
 
 def _loss_case(ratios, advs, cfg):
     """One response per (ratio, advantage) pair, one token each."""
@@ -507,7 +507,7 @@ def test_minibatch_losses_sum_to_full_batch(mode):
     assert torch.allclose(g_acc, g_full, atol=1e-12)
 
 
-# ============================================================ token_logprobs (spec 7)
+# ============================================================ token_logprobs (method 7)
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, 20, 64])  # N = 20: divides, does not divide, equals, exceeds
 def test_token_logprobs_fp32_vs_float64_naive(chunk):

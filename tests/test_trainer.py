@@ -24,8 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_DIGITS = 4
 TIMING = ("time_", "tokens_per_s")  # the only metrics allowed to differ between identical runs
 
-# Spec section 6, metric by metric (names as logged in metrics.jsonl).
-SPEC6_KEYS = [
+# Method section 6, metric by metric (names as logged in metrics.jsonl).
+METHOD6_KEYS = [
     "reward", "accuracy", "frac_pos", "frac_neg", "frac_zero", "boosted_pos", "boosted_neg",
     "alpha_pos", "alpha_neg", "entropy", "entropy_pos", "entropy_neg", "length", "length_pos",
     "length_neg", "clipfrac_low", "clipfrac_high", "approx_kl", "grad_norm", "lr",
@@ -107,11 +107,11 @@ def test_run_writes_every_file(tiny, tmp_path, capsys):
     assert [m["step"] for m in train_lines] == [1, 2, 3]
     assert [m["step"] for m in eval_lines] == [0, 2, 3]  # before, --eval-every 2, at the end
     for m in train_lines:
-        missing = [k for k in SPEC6_KEYS if k not in m]
-        assert not missing, f"spec 6 metrics missing from metrics.jsonl: {missing}"
+        missing = [k for k in METHOD6_KEYS if k not in m]
+        assert not missing, f"method 6 metrics missing from metrics.jsonl: {missing}"
         # per-polarity means are null (strict JSON) when a batch has no sample of that polarity
         assert all(isinstance(m[k], (int, float)) or (m[k] is None and k.endswith(("_pos", "_neg")))
-                   for k in SPEC6_KEYS)
+                   for k in METHOD6_KEYS)
         assert m["frac_pos"] + m["frac_neg"] + m["frac_zero"] == pytest.approx(1.0)
     for m in eval_lines:
         assert {"avg@4", "pass@1", "pass@2", "pass@4", "greedy_acc", "length"} <= set(m)
