@@ -12,8 +12,8 @@ solution's length is fixed by the problem; and `search` (data/tasks.py, data/sea
 where the model searches for n by checking candidates, so it chooses how long it reasons and
 the claims about response length and pass@k can show. On each it trains, from the same
 starting model with the same step budget:
-  - the presets grpo, dapo, psr, nsr, a3po (spec section 5), and w-reinforce on the search task;
-  - four token-level ablations of a3po (spec section 3), each changing ONE choice.
+  - the presets grpo, dapo, psr, nsr, a3po (docs/method.md section 5), and w-reinforce on the search task;
+  - four token-level ablations of a3po (docs/method.md section 3), each changing ONE choice.
 Each run is `python a3po.py --algo X --seed S --run-dir RUNS/<variant>-seed<S> ...` in its own
 process (so --jobs 2 can run two at once, and a crash or Ctrl-C loses one run, not the study).
 A finished run leaves RUNS/<variant>-seed<S>/done.json and is skipped next time; an
@@ -464,7 +464,7 @@ def per_seed(runs: dict, variant: str, when: str, metric: str) -> dict:
 # ----------------------------------------------------------------------------- claims
 
 # Each claim is one or more checks "A > B"; a side is (variant, "start" | "end", metric).
-# They restate the paper's findings as given in the spec and issue 6, plus the ones implied by
+# They restate the paper's findings (docs/method.md, "The idea"), plus the ones implied by
 # A3PO's design choices (the ablations). Length claims use the held-out length: it is
 # measured on the same problems for every run, whereas with dynamic sampling (dapo, a3po) the
 # training batch keeps only mixed-reward groups.
