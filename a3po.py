@@ -1487,22 +1487,23 @@ def pid_alive(pid: int) -> bool:
 def install_stop_signals():
     """First Ctrl-C (SIGINT) or SIGTERM (what timeout, SLURM and Kubernetes send before they
     kill): finish the running step, save a checkpoint, exit 130 / 143. A second signal aborts at
-    once (the last checkpoint on disk stays intact). Returns (stop dict, a function that restores
-    the previous handlers)."""
-    stop = {"signal": None, "time": 0.0}
+    once (the last checkpoint on disk stays intact), except under torchrun: there a Ctrl-C
+    reaches each worker twice (from the terminal's process group, then forwarded by torchrun,
+    with no bound on the delay), so later signals are ignored and torchrun's own SIGKILL after
+    --shutdown-timeout is the abort. Returns (stop dict, a function that restores the previous
+    handlers)."""
+    stop = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         return stop, lambda: None
 
     def handler(signum, frame):
         if stop["signal"] is not None:
-            # Under torchrun a Ctrl-C reaches each worker twice: from the terminal (the whole
-            # process group) and forwarded by torchrun a moment later. That is one signal.
-            if launched_world_size() > 1 and time.time() - stop["time"] < 2.0:
+            if launched_world_size() > 1:
                 return
             raise KeyboardInterrupt
-        stop["signal"], stop["time"] = signum, time.time()
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-              f"(a second signal aborts)", flush=True)
+        stop["signal"] = signum
+        again = "torchrun kills after --shutdown-timeout" if launched_world_size() > 1 else "a second signal aborts"
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint ({again})", flush=True)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     return stop, lambda: [signal.signal(s, h) for s, h in previous.items()]
