@@ -369,20 +369,13 @@ def _is_bare(text):
         return False
     if t.lower().rstrip('.') in _PHRASES:
         return True
-    words, last, i = 0, 0, 0
-    while i < len(t):
-        if not _is_letter(t[i]):
-            i += 1
-            continue
-        j = i
-        while j < len(t) and _is_letter(t[j]):
-            j += 1
+    words, last = 0, 0
+    for i, j in _letter_runs(t):
         word = t[i:j].lower()
         if j - i >= 2 and not _in_latex(t, i) and word not in _CONNECTIVE_WORDS \
                 and word not in _FUNCS:  # "sin 2x" written without the backslash
             words += 1
             last = j
-        i = j
     if words == 0:
         return True
     # one word: the answer itself ("prime") or a unit after the number ("30 dollars",
@@ -398,6 +391,16 @@ def _is_bare(text):
 def _is_prose(t):
     """Does t hold an English word ("area", "Adding": three or more letters, lower case
     after the first), outside LaTeX? "MR=SRMC" and "dM/dt" do not."""
+    for i, j in _letter_runs(t):
+        word = t[i:j]
+        if len(word) >= 3 and word[1:].islower() and not _in_latex(t, i) and \
+                word.lower() not in _CONNECTIVE_WORDS and word.lower() not in _FUNCS:
+            return True
+    return False
+
+
+def _letter_runs(t):
+    """(start, end) of each maximal run of letters in t, left to right."""
     i = 0
     while i < len(t):
         if not _is_letter(t[i]):
@@ -406,12 +409,8 @@ def _is_prose(t):
         j = i
         while j < len(t) and _is_letter(t[j]):
             j += 1
-        word = t[i:j]
-        if len(word) >= 3 and word[1:].islower() and not _in_latex(t, i) and \
-                word.lower() not in _CONNECTIVE_WORDS and word.lower() not in _FUNCS:
-            return True
+        yield i, j
         i = j
-    return False
 
 
 def _in_latex(t, i):

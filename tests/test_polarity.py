@@ -175,15 +175,20 @@ def test_report_without_matplotlib_and_json(fake_study):
     assert numbers["psr"]["0"]["summary"]["end"]["pass@1"] == read_metrics(fake_study / "runs" / "psr-seed0")[1][-1]["pass@1"]
 
 
-def test_report_is_deterministic(fake_study, tmp_path):
-    argv = ["--report-only", "--runs-dir", str(fake_study / "runs"), "--out", str(tmp_path),
-            "--steps", str(STEPS), "--eval-every", str(EVAL_EVERY)]
+def main_without_matplotlib(argv):
+    """polarity.main as on a machine without matplotlib: the report is written, plots skipped."""
     saved = sys.modules.get("matplotlib", "absent")
     sys.modules["matplotlib"] = None
     try:
         polarity.main(argv)
     finally:
         sys.modules.pop("matplotlib") if saved == "absent" else sys.modules.update(matplotlib=saved)
+
+
+def test_report_is_deterministic(fake_study, tmp_path):
+    argv = ["--report-only", "--runs-dir", str(fake_study / "runs"), "--out", str(tmp_path),
+            "--steps", str(STEPS), "--eval-every", str(EVAL_EVERY)]
+    main_without_matplotlib(argv)
     assert (tmp_path / "polarity.md").read_text() == (fake_study / "out" / "polarity.md").read_text()
 
 
@@ -373,12 +378,7 @@ def test_length_table_pools_the_recorded_samples(tmp_path):
             (tmp_path / "runs" / f"{v}-seed{seed}" / "heldout_lengths.json").write_text(json.dumps(rec))
     argv = ["--report-only", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
             "--steps", str(STEPS), "--eval-every", str(EVAL_EVERY)]
-    saved = sys.modules.get("matplotlib", "absent")
-    sys.modules["matplotlib"] = None
-    try:
-        polarity.main(argv)
-    finally:
-        sys.modules.pop("matplotlib") if saved == "absent" else sys.modules.update(matplotlib=saved)
+    main_without_matplotlib(argv)
     rows = markdown_table((tmp_path / "out" / "polarity.md").read_text(), "## Held-out response lengths")
     for v in ("psr", "nsr"):
         n = np.concatenate([samples[v, s]["end"]["length"] for s in (0, 1)])
