@@ -1175,8 +1175,8 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
              time_generate=info["time_generate"], time_reward=info["time_reward"],
              time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
     G = cfg.group_size
-    samples = [dict(step=step, prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text, reward=r.reward,
-                    advantage=float(adv[i * G]))
+    samples = [dict(step=step, split="train", prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text,
+                    reward=r.reward, advantage=float(adv[i * G]))
                for i, r in enumerate(batch.rollouts[:cfg.log_samples * G:G])]  # one response per group
     return m, samples
 
@@ -1207,14 +1207,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(policy, tok, cfg: Config, problems, prompt_ids) -> dict:
+def evaluate(policy, tok, cfg: Config, problems, prompt_ids, examples=None) -> dict:
     """Held-out accuracy: n = max(--eval-k) samples per problem at the training temperature
-    (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy.
+    (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy. Beside the
+    reward's strict reading: lenient_acc scores the same samples with the verifier's fallback
+    (a last number counts without \\boxed{}), so a gain that is only the format shows as a gap;
+    boxed and truncated are the shares of samples that box an answer / hit --max-new-tokens.
+    examples: a list that gets the first sample of each of the first --log-samples problems.
     Several processes: each evaluates its share of the problems and the counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
     mine = share(len(problems))
-    per_problem = []  # (correct samples, their total length, greedy correct, greedy length) per problem
+    per_problem, shown = [], []  # counts over each problem's samples; this rank's examples
     if len(mine):
         seqs = [prompt_ids[i] for i in mine for _ in range(n)]
         keys = eval_keys(cfg, mine, n)                               # [len(mine) * n]
@@ -1229,18 +1233,32 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids) -> dict:
                                          cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids)[0]
         for j, i in enumerate(mine):
             rs = sampled[j * n:(j + 1) * n]
-            c = int(sum(verifier.score(tok.decode(r), problems[i].answer) for r in rs))
-            per_problem.append((c, sum(map(len, rs)), verifier.score(tok.decode(greedy[j]), problems[i].answer),
-                                len(greedy[j])))
+            texts = [tok.decode(r) for r in rs]
+            gold = problems[i].answer
+            per_problem.append(dict(
+                correct=int(sum(verifier.score(t, gold) for t in texts)),
+                lenient=sum(verifier.score(t, gold, fallback=True) for t in texts),
+                boxed=sum("\\boxed" in t for t in texts),
+                truncated=sum(len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs),
+                length=sum(map(len, rs)),
+                greedy=verifier.score(tok.decode(greedy[j]), gold), greedy_length=len(greedy[j])))
+            if i < cfg.log_samples:
+                shown.append(dict(problem=i, prompt=problems[i].prompt, gold=gold, completion=texts[0],
+                                  reward=verifier.score(texts[0], gold)))
     per_problem = [x for part in all_gather_objects(per_problem) for x in part]
-    c = [x[0] for x in per_problem]  # correct samples per problem
+    if examples is not None:
+        examples += [x for part in all_gather_objects(shown) for x in part]
     P = len(per_problem)
-    out = {f"avg@{n}": sum(c) / (n * P)}
+    total = lambda key: sum(x[key] for x in per_problem)
+    out = {f"avg@{n}": total("correct") / (n * P)}
     for k in sorted({1, *cfg.eval_k}):  # pass@1 always: the number the default run reports
-        out[f"pass@{k}"] = sum(pass_at_k(n, ci, k) for ci in c) / P
-    out["greedy_acc"] = sum(x[2] for x in per_problem) / P
-    out["length"] = sum(x[1] for x in per_problem) / (n * P)
-    out["greedy_length"] = sum(x[3] for x in per_problem) / P
+        out[f"pass@{k}"] = sum(pass_at_k(n, x["correct"], k) for x in per_problem) / P
+    out["greedy_acc"] = total("greedy") / P
+    out["lenient_acc"] = total("lenient") / (n * P)
+    out["boxed"] = total("boxed") / (n * P)
+    out["truncated"] = total("truncated") / (n * P)
+    out["length"] = total("length") / (n * P)
+    out["greedy_length"] = total("greedy_length") / P
     return out
 
 
@@ -1619,9 +1637,12 @@ def run_training(run: Run) -> dict:
 
     def run_eval(step):
         t0 = time.time()
-        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids)
+        examples = []
+        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids, examples)
         if rank == 0:
             append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
+            for x in examples:
+                append_jsonl(samples_path, dict(step=step, split="eval", **x))
         print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
               + f" | {fmt_time(time.time() - t0)}", flush=True)
         return ev

@@ -18,6 +18,7 @@ import torch
 
 import a3po
 import model
+import verifier
 from data import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,9 +117,12 @@ def test_run_writes_every_file(tiny, tmp_path, capsys):
     for m in eval_lines:
         assert {"avg@4", "pass@1", "pass@2", "pass@4", "greedy_acc", "length"} <= set(m)
         assert m["pass@1"] == pytest.approx(m["avg@4"]) and m["pass@1"] <= m["pass@2"] <= m["pass@4"]
+        assert m["pass@1"] <= m["lenient_acc"] and 0 <= m["truncated"] <= 1 and 0 <= m["boxed"] <= 1
 
     samples = read_jsonl(run / "samples.jsonl")
-    assert samples and {"step", "prompt", "gold", "completion", "reward", "advantage"} <= set(samples[0])
+    train_samples = [x for x in samples if x["split"] == "train"]
+    assert train_samples and {"step", "prompt", "gold", "completion", "reward", "advantage"} <= set(train_samples[0])
+    assert [x["step"] for x in samples if x["split"] == "eval"] == [0] * 4 + [2] * 4 + [3] * 4  # --log-samples 4
     with open(run / "config.json") as f:
         assert json.load(f)["steps"] == 3
 
@@ -420,6 +424,32 @@ def test_eval_only(tiny, capsys):
     ev = a3po.main(tiny_args(tiny, "unused", "--eval-only"))
     assert cfg.eval_only and set(ev) >= {"pass@1", "pass@4", "greedy_acc", "avg@4"}
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"pass@1: {100 * ev['pass@1']:.1f}%"
+
+
+def test_eval_counts_recomputed_sample_by_sample(tiny):
+    """evaluate's strict / lenient / boxed / truncated shares equal a count over the very samples
+    (same per-row keys), redrawn here one problem at a time without batching."""
+    cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only", "--log-samples", "3"))
+    policy, tok, problems, ids = a3po.prepare_eval(cfg)
+    examples = []
+    ev = a3po.evaluate(policy, tok, cfg, problems, ids, examples)
+    n, strict, lenient, boxed, cut = 4, 0, 0, 0, 0
+    for i, p in enumerate(problems):
+        keys = a3po.eval_keys(cfg, range(i, i + 1), n)
+        rows = model.generate(policy, [ids[i]] * n, cfg.max_new_tokens, cfg.temperature, eos_ids=tok.eos_ids,
+                              row_keys=keys)[0]
+        texts = [tok.decode(r) for r in rows]
+        strict += sum(verifier.score(t, p.answer) for t in texts)
+        lenient += sum(verifier.score(t, p.answer, fallback=True) for t in texts)
+        boxed += sum("\\boxed" in t for t in texts)
+        cut += sum(len(r) == cfg.max_new_tokens and r[-1] != 1 for r in rows)
+        if i < 3:
+            assert examples[i] == dict(problem=i, prompt=p.prompt, gold=p.answer, completion=texts[0],
+                                       reward=verifier.score(texts[0], p.answer))
+    total = n * len(problems)
+    assert len(examples) == 3 and 0 < cut < total
+    assert ev["pass@1"] == pytest.approx(strict / total) and ev["lenient_acc"] == pytest.approx(lenient / total)
+    assert ev["boxed"] == pytest.approx(boxed / total) and ev["truncated"] == pytest.approx(cut / total)
 
 
 @pytest.mark.parametrize("extra", [
