@@ -1207,18 +1207,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(policy, tok, cfg: Config, problems, prompt_ids, examples=None) -> dict:
+def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> dict:
     """Held-out accuracy: n = max(--eval-k) samples per problem at the training temperature
     (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy. Beside the
     reward's strict reading: lenient_acc scores the same samples with the verifier's fallback
     (a last number counts without \\boxed{}), so a gain that is only the format shows as a gap;
     boxed and truncated are the shares of samples that box an answer / hit --max-new-tokens.
-    examples: a list that gets the first sample of each of the first --log-samples problems.
+    samples: a list that gets every sampled response (problem-major, as drawn): its problem and
+    sample index, text, length, reward and whether it was truncated.
     Several processes: each evaluates its share of the problems and the counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
     mine = share(len(problems))
-    per_problem, shown = [], []  # counts over each problem's samples; this rank's examples
+    per_problem, mine_sampled = [], []  # counts over each problem's samples; this rank's samples
     if len(mine):
         seqs = [prompt_ids[i] for i in mine for _ in range(n)]
         keys = eval_keys(cfg, mine, n)                               # [len(mine) * n]
@@ -1235,19 +1236,18 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, examples=None) -> d
             rs = sampled[j * n:(j + 1) * n]
             texts = [tok.decode(r) for r in rs]
             gold = problems[i].answer
+            rewards = [verifier.score(t, gold) for t in texts]
+            cut = [len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs]
             per_problem.append(dict(
-                correct=int(sum(verifier.score(t, gold) for t in texts)),
-                lenient=sum(verifier.score(t, gold, fallback=True) for t in texts),
-                boxed=sum("\\boxed" in t for t in texts),
-                truncated=sum(len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs),
-                length=sum(map(len, rs)),
+                correct=int(sum(rewards)), lenient=sum(verifier.score(t, gold, fallback=True) for t in texts),
+                boxed=sum("\\boxed" in t for t in texts), truncated=sum(cut), length=sum(map(len, rs)),
                 greedy=verifier.score(tok.decode(greedy[j]), gold), greedy_length=len(greedy[j])))
-            if i < cfg.log_samples:
-                shown.append(dict(problem=i, prompt=problems[i].prompt, gold=gold, completion=texts[0],
-                                  reward=verifier.score(texts[0], gold)))
+            if samples is not None:
+                mine_sampled += [dict(problem=i, sample=k, completion=texts[k], length=len(rs[k]),
+                                      reward=rewards[k], truncated=cut[k]) for k in range(n)]
     per_problem = [x for part in all_gather_objects(per_problem) for x in part]
-    if examples is not None:
-        examples += [x for part in all_gather_objects(shown) for x in part]
+    if samples is not None:
+        samples += [x for part in all_gather_objects(mine_sampled) for x in part]
     P = len(per_problem)
     total = lambda key: sum(x[key] for x in per_problem)
     out = {f"avg@{n}": total("correct") / (n * P)}
@@ -1637,12 +1637,15 @@ def run_training(run: Run) -> dict:
 
     def run_eval(step):
         t0 = time.time()
-        examples = []
-        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids, examples)
+        sampled = []
+        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids, sampled)
         if rank == 0:
             append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
-            for x in examples:
-                append_jsonl(samples_path, dict(step=step, split="eval", **x))
+            for x in sampled:  # the first sample of the first --log-samples problems
+                if x["sample"] == 0 and x["problem"] < cfg.log_samples:
+                    p = run.eval_set[x["problem"]]
+                    append_jsonl(samples_path, dict(step=step, split="eval", problem=x["problem"], prompt=p.prompt,
+                                                    gold=p.answer, completion=x["completion"], reward=x["reward"]))
         print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
               + f" | {fmt_time(time.time() - t0)}", flush=True)
         return ev

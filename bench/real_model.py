@@ -17,11 +17,13 @@ goes, and the same held-out problems' first samples before and after.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 # The task and the trainer settings, the same for every preset. Level-1 synthetic problems
 # ("What is 15+4?" or a one-step word problem) are the easiest the project has: SmolLM2-135M
@@ -103,11 +105,75 @@ def load_run(run_dir):
                 eval_samples=[s for s in samples if s.get("split") == "eval"])
 
 
+HELD_OUT = "heldout_samples.json"
+NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
+FORMS = [("number", "a number (\"The answer is 19\")"), ("equation", "an equation ending in a number (\"8+11 = 19\")"),
+         ("expression", "the sum not worked out (\"19+9\")")]
+
+
+def held_out_samples(run, model_path, cache):
+    """Every held-out sample of a3po.py's evaluation of model_path, drawn again by a3po.evaluate
+    with the run's settings (same problems, prompts and per-sample keys, one thread as in the
+    run, so the same responses: checked against the logged pass@1 and length). Cached in `cache`."""
+    if os.path.exists(cache):
+        with open(cache, encoding="utf-8") as f:
+            return json.load(f)
+    import dataclasses
+
+    import torch
+
+    import a3po
+
+    torch.set_num_threads(1)
+    fields = {f.name for f in dataclasses.fields(a3po.Config)}
+    cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in run["cfg"].items() if k in fields})
+    cfg.model = model_path
+    policy, tok, problems, ids = a3po.prepare_eval(cfg)
+    samples = []
+    ev = a3po.evaluate(policy, tok, cfg, problems, ids, samples)
+    logged = run["before"] if model_path == run["cfg"]["model"] else run["after"]
+    for key in ("pass@1", "length"):
+        if abs(ev[key] - logged[key]) > 1e-9:
+            raise SystemExit(f"{model_path}: redrawn held-out {key} {ev[key]} != logged {logged[key]}: not the same samples")
+    for x in samples:
+        x["gold"] = problems[x["problem"]].answer
+    with open(cache + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(samples, f)
+    os.replace(cache + ".tmp", cache)
+    return samples
+
+
+def answer_form(text):
+    """How a response states its answer: 'number', 'equation' (the last side is a number),
+    'expression' (anything else the verifier read, e.g. the question's sum not worked out,
+    which it scores by its value), or None (no answer found)."""
+    import verifier
+
+    answer = verifier.extract_answer(text)
+    if answer is None:
+        return None
+    answer = answer.strip().rstrip(".")
+    if NUMBER.fullmatch(answer):
+        return "number"
+    if "=" in answer and NUMBER.fullmatch(answer.split("=")[-1].strip()):
+        return "equation"
+    return "expression"
+
+
+def form_counts(samples):
+    """-> {form: share of all samples that are right AND state the answer this way}, and the
+    share of samples whose extracted answer is a worked-out number (number or equation)."""
+    right = [answer_form(x["completion"]) for x in samples if x["reward"]]
+    out = {form: sum(f == form for f in right) / len(samples) for form, _ in FORMS}
+    out["computed"] = out["number"] + out["equation"]
+    return out
+
+
 def pct(v):
     return f"{100 * v:.1f}%"
 
 
-def report(args, runs, seconds):
+def report(args, runs, seconds, forms):
     out = []
     say = out.append
     first = runs[args.algos[0]]
@@ -148,6 +214,17 @@ def report(args, runs, seconds):
     say("| training accuracy, first 3 steps -> last 3 (all rollouts drawn) | " + " | ".join(
         f"{pct(mean(m['accuracy_drawn'] for m in runs[a]['train'][:3]))} -> "
         f"{pct(mean(m['accuracy_drawn'] for m in runs[a]['train'][-3:]))}" for a in args.algos) + " |")
+    say("")
+
+    say("## How the right answers are stated (share of all held-out samples)\n")
+    say("The reward reads the last `\\boxed{}` or a marked answer (\"The answer is ...\") and compares it by value, "
+        "so a sum that is not worked out (\"the final answer is 19+9\") counts as right. The rows split the right "
+        "samples by the form of their answer; the last row counts only the worked-out ones.\n")
+    say(header)
+    say("|" + "---|" * (2 + len(args.algos)))
+    columns = [forms["start"]] + [forms[a] for a in args.algos]
+    for form, name in FORMS + [("computed", "**right and worked out** (number or equation)")]:
+        say(f"| {name} | " + " | ".join(pct(c[form]) for c in columns) + " |")
     say("")
 
     say("## Where a step's time goes (seconds per step, mean over the steps)\n")
@@ -230,7 +307,13 @@ def main():
         ensure_model(args.model)
         seconds = train_all(args)
     runs = {a: load_run(os.path.join(args.runs_dir, a)) for a in args.algos}
-    text = report(args, runs, seconds)
+    first = runs[args.algos[0]]
+    forms = {"start": form_counts(held_out_samples(first, first["cfg"]["model"], os.path.join(args.runs_dir, HELD_OUT)))}
+    for a in args.algos:
+        run_dir = os.path.join(args.runs_dir, a)
+        forms[a] = form_counts(held_out_samples(runs[a], os.path.join(run_dir, "checkpoint"),
+                                                os.path.join(run_dir, HELD_OUT)))
+    text = report(args, runs, seconds, forms)
     print(text, flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md.tmp", "w", encoding="utf-8") as f:

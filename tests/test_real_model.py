@@ -73,3 +73,41 @@ def test_report_shows_the_same_problems_before_and_after(bench_run):
         assert f"**{b['prompt']}** (gold {b['gold']})" in text
         shown = a["completion"].replace("\n", "\\n").replace("`", "'")  # one line in the report
         assert f"a3po after ({'right' if a['reward'] else 'wrong'}): `{shown}`" in text
+
+
+def test_answer_forms_recounted_from_the_redrawn_samples(bench_run):
+    root, _ = bench_run
+    text = (root / "report.md").read_text()
+    real_model = import_bench("real_model")
+    columns = []
+    for path in (root / "runs" / "heldout_samples.json", root / "runs" / "a3po" / "heldout_samples.json",
+                 root / "runs" / "dapo" / "heldout_samples.json"):
+        samples = json.loads(path.read_text())
+        assert len(samples) == 4 * 8  # --eval-size 4, 8 samples each
+        right = [real_model.answer_form(x["completion"]) for x in samples if x["reward"]]
+        columns.append({f: sum(r == f for r in right) / len(samples) for f in ("number", "equation", "expression")})
+    # the redrawn samples are the logged ones: the same pass@1 as the run's last evaluation
+    evals = [m for m in read_jsonl(root / "runs" / "dapo" / "metrics.jsonl") if m["split"] == "eval"]
+    assert sum(x["reward"] for x in samples) / len(samples) == pytest.approx(evals[-1]["pass@1"])
+    for form, name in zip(("number", "equation", "expression"), [n for _, n in real_model.FORMS]):
+        assert row(text, name) == [f"{100 * c[form]:.1f}%" for c in columns]
+    assert row(text, "**right and worked out** (number or equation)") == [
+        f"{100 * (c['number'] + c['equation']):.1f}%" for c in columns]
+
+
+@pytest.mark.parametrize("text, form", [
+    ("The answer is 19.", "number"), ("\\boxed{-3}", "number"),
+    ("So, the final answer is 8+11 = 19.", "equation"),
+    ("Reasoning: 19 + 9 = 18.\n\nSo, the final answer is 19+9.", "expression"),
+    ("\\boxed{19+9}", "expression"), ("I do not know", None),
+])
+def test_answer_form(text, form):
+    assert import_bench("real_model").answer_form(text) == form
+
+
+def import_bench(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -427,13 +427,13 @@ def test_eval_only(tiny, capsys):
 
 
 def test_eval_counts_recomputed_sample_by_sample(tiny):
-    """evaluate's strict / lenient / boxed / truncated shares equal a count over the very samples
-    (same per-row keys), redrawn here one problem at a time without batching."""
-    cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only", "--log-samples", "3"))
+    """evaluate's strict / lenient / boxed / truncated shares and the samples it hands back equal
+    the very samples (same per-row keys) drawn again here one problem at a time, unbatched."""
+    cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only"))
     policy, tok, problems, ids = a3po.prepare_eval(cfg)
-    examples = []
-    ev = a3po.evaluate(policy, tok, cfg, problems, ids, examples)
-    n, strict, lenient, boxed, cut = 4, 0, 0, 0, 0
+    sampled = []
+    ev = a3po.evaluate(policy, tok, cfg, problems, ids, sampled)
+    n, strict, lenient, boxed, cut, redrawn = 4, 0, 0, 0, 0, []
     for i, p in enumerate(problems):
         keys = a3po.eval_keys(cfg, range(i, i + 1), n)
         rows = model.generate(policy, [ids[i]] * n, cfg.max_new_tokens, cfg.temperature, eos_ids=tok.eos_ids,
@@ -443,11 +443,11 @@ def test_eval_counts_recomputed_sample_by_sample(tiny):
         lenient += sum(verifier.score(t, p.answer, fallback=True) for t in texts)
         boxed += sum("\\boxed" in t for t in texts)
         cut += sum(len(r) == cfg.max_new_tokens and r[-1] != 1 for r in rows)
-        if i < 3:
-            assert examples[i] == dict(problem=i, prompt=p.prompt, gold=p.answer, completion=texts[0],
-                                       reward=verifier.score(texts[0], p.answer))
+        redrawn += [dict(problem=i, sample=k, completion=texts[k], length=len(rows[k]),
+                         reward=verifier.score(texts[k], p.answer),
+                         truncated=len(rows[k]) == cfg.max_new_tokens and rows[k][-1] != 1) for k in range(n)]
     total = n * len(problems)
-    assert len(examples) == 3 and 0 < cut < total
+    assert sampled == redrawn and 0 < cut < total
     assert ev["pass@1"] == pytest.approx(strict / total) and ev["lenient_acc"] == pytest.approx(lenient / total)
     assert ev["boxed"] == pytest.approx(boxed / total) and ev["truncated"] == pytest.approx(cut / total)
 
