@@ -263,35 +263,25 @@ START_LOCK = threading.Lock()  # two runs of one seed must not draw its start sa
 
 
 def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
-    """The held-out samples of a3po.py's `evaluate` for `model_path`, drawn again: the same
-    problems, prompts, sampling settings and random stream, so the same responses. -> their
-    lengths, correctness and truncation, one entry per sample (problem-major)."""
+    """The held-out samples of a3po.py's `evaluate` for `model_path`, drawn again by `evaluate`
+    itself: the same problems, prompts, sampling settings and random stream, so the same
+    responses. -> their lengths, correctness and truncation, one entry per sample (problem-major)."""
     import dataclasses
 
     import torch
 
     import a3po
-    import model
-    import verifier
 
     if threads:
         torch.set_num_threads(threads)
     fields = {f.name for f in dataclasses.fields(a3po.Config)}  # a config.json from an older a3po.py too
     cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in config.items() if k in fields})
-    _, problems = a3po.load_data(cfg)
-    policy, tok = model.load(a3po.resolve_model_path(model_path))
-    prompts = a3po.encode_prompts(problems, tok, cfg, policy.config.max_position_embeddings, "held-out")
-    n = max(cfg.eval_k)
-    keys = a3po.eval_keys(cfg, range(len(problems)), n)  # the held-out samples' keys, as a3po.evaluate draws them
-    seqs = [p for p in prompts for _ in range(n)]
-    sampled = []
-    for i in range(0, len(seqs), cfg.eval_batch_size):
-        sampled += model.generate(policy, seqs[i:i + cfg.eval_batch_size], cfg.max_new_tokens, cfg.temperature,
-                                  cfg.top_p, eos_ids=tok.eos_ids, row_keys=keys[i:i + cfg.eval_batch_size])[0]
-    golds = [q.answer for q in problems for _ in range(n)]
-    return dict(length=[len(r) for r in sampled],
-                correct=[int(verifier.score(tok.decode(r), g)) for r, g in zip(sampled, golds)],
-                truncated=[int(r[-1] not in tok.eos_ids) for r in sampled])
+    cfg.model = model_path
+    policy, tok, problems, prompts = a3po.prepare_eval(cfg)
+    samples = []
+    a3po.evaluate(policy, tok, cfg, problems, prompts, samples)
+    return dict(length=[x["length"] for x in samples], correct=[int(x["reward"]) for x in samples],
+                truncated=[int(x["truncated"]) for x in samples])
 
 
 def record_lengths(run_dir: str, runs_dir: str, seed: int, threads: int):
