@@ -11,7 +11,11 @@ before and after uses the same held-out problems, temperature, template and toke
 training, and the same random numbers (per-problem keys), so the two columns differ only by the
 weights. The report (printed and written to OUT.md, curves to OUT.png) has the before/after table
 with the verifier's lenient score beside the strict reward, the wall time, where a step's time
-goes, and the same held-out problems' first samples before and after.
+goes, and the same held-out problems' first samples before and after. To say what RL changed,
+it also draws every held-out sample again (a3po.evaluate with the run's settings and keys,
+checked against the logged pass@1; cached in RUNS/.../heldout_samples.json) and splits the
+right answers by how they are stated: a number, an equation ending in one, or the question's
+sum not worked out (which the verifier scores by its value).
 """
 
 import argparse
@@ -36,7 +40,7 @@ COMMON = [
     "--ppo-epochs", "1", "--micro-batch-size", "16",
     "--lr", "3e-5", "--warmup-steps", "2", "--eval-k", "1", "8", "--log-samples", "4", "--seed", "0",
 ]
-TABLE_KEYS = [("pass@1", "pass@1 (strict: boxed)"), ("pass@k", None), ("greedy_acc", "greedy"),
+TABLE_KEYS = [("pass@1", "pass@1 (the reward: boxed or marked answer)"), ("pass@k", None), ("greedy_acc", "greedy"),
               ("lenient_acc", "lenient (fallback)"), ("boxed", "boxes an answer"),
               ("truncated", "hits the token limit"), ("length", "mean length (tokens)")]
 PHASES = [("time_generate", "sampling"), ("time_old_logp", "old log-probs"), ("time_update", "update"),
@@ -80,13 +84,20 @@ def train_all(args):
         log = open(os.path.join(args.runs_dir, f"{algo}.log"), "w")
         procs[algo] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
     seconds = {}
-    for algo, (proc, log, t0) in procs.items():
-        code = proc.wait()
-        seconds[algo] = time.time() - t0
-        log.close()
-        if code != 0:
-            with open(log.name) as f:
-                sys.exit(f"{algo} failed (exit {code}); the end of {log.name}:\n" + "".join(f.readlines()[-20:]))
+    while len(seconds) < len(procs):  # poll: each run's wall time ends when it does, not when we look
+        for algo, (proc, log, t0) in procs.items():
+            if algo in seconds or proc.poll() is None:
+                continue
+            seconds[algo] = time.time() - t0
+            log.close()
+            if proc.returncode != 0:
+                for other, _, _ in procs.values():
+                    if other.poll() is None:
+                        other.terminate()  # it saves its checkpoint and exits; rerun to compare again
+                with open(log.name) as f:
+                    sys.exit(f"{algo} failed (exit {proc.returncode}); the end of {log.name}:\n"
+                             + "".join(f.readlines()[-20:]))
+        time.sleep(1)
     return seconds
 
 
@@ -107,7 +118,8 @@ def load_run(run_dir):
 
 HELD_OUT = "heldout_samples.json"
 NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
-FORMS = [("number", "a number (\"The answer is 19\")"), ("equation", "an equation ending in a number (\"8+11 = 19\")"),
+FORMS = [("number", "a number (\"The answer is 19\")"),
+         ("equation", "an equation ending in a number (\"8+11 = 19\")"),
          ("expression", "the sum not worked out (\"19+9\")")]
 
 
@@ -134,7 +146,8 @@ def held_out_samples(run, model_path, cache):
     logged = run["before"] if model_path == run["cfg"]["model"] else run["after"]
     for key in ("pass@1", "length"):
         if abs(ev[key] - logged[key]) > 1e-9:
-            raise SystemExit(f"{model_path}: redrawn held-out {key} {ev[key]} != logged {logged[key]}: not the same samples")
+            raise SystemExit(f"{model_path}: redrawn held-out {key} {ev[key]} != logged {logged[key]}: "
+                             "not the same samples")
     for x in samples:
         x["gold"] = problems[x["problem"]].answer
     with open(cache + ".tmp", "w", encoding="utf-8") as f:
@@ -173,6 +186,22 @@ def pct(v):
     return f"{100 * v:.1f}%"
 
 
+def summary(run, seconds=None):
+    """A run's headline numbers from its metrics (and its process wall time when it ran here)."""
+    tr, before, after = run["train"], run["before"], run["after"]
+    gain = lambda key: f"{100 * (after[key] - before[key]):+.1f}"
+    minutes = (sum(m["time_step"] for m in tr) + before["time_eval"] + after["time_eval"]) / 60
+    out = {"pass@1 gain (points)": gain("pass@1"), "lenient gain (points)": gain("lenient_acc"),
+           "training + evaluation time (both at once)": f"{minutes:.1f} min"}
+    if seconds:
+        out["process wall time (with loading and the checkpoint)"] = f"{seconds / 60:.1f} min"
+    out["steps"] = str(len(tr))
+    out["rollouts sampled"] = str(sum(m["rollouts_drawn"] for m in tr))
+    out["training accuracy, first 3 steps -> last 3 (all rollouts drawn)"] = (
+        f"{pct(mean(m['accuracy_drawn'] for m in tr[:3]))} -> {pct(mean(m['accuracy_drawn'] for m in tr[-3:]))}")
+    return out
+
+
 def report(args, runs, seconds, forms):
     out = []
     say = out.append
@@ -180,9 +209,9 @@ def report(args, runs, seconds, forms):
     say("# A3PO on a real pretrained model: SmolLM2-135M-Instruct on this CPU\n")
     command = " ".join(["python bench/real_model.py", *(a for a in sys.argv[1:] if a != "--report-only")])
     say(f"Written by `{command}` (do not edit by hand).\n")
-    say("Every run: `python a3po.py --algo ALGO --model smollm2-hf " + " ".join(COMMON)
-        + f" --steps {args.steps} --eval-size {args.eval_size} --threads 1" + (" " + " ".join(args.extra) if args.extra else "")
-        + "`, the presets side by side, one process and one thread each.\n")
+    flags = [*COMMON, "--steps", str(args.steps), "--eval-size", str(args.eval_size), "--threads", "1", *args.extra]
+    say(f"Every run: `python a3po.py --algo ALGO --model smollm2-hf {' '.join(flags)}`, the presets side by side, "
+        "one process and one thread each.\n")
     cfg = first["cfg"]
     k = max(cfg["eval_k"])
     say(f"## Held-out before and after ({cfg['eval_size']} problems never trained on, {k} samples each at "
@@ -198,22 +227,9 @@ def report(args, runs, seconds, forms):
     say("")
     say("| | " + " | ".join(args.algos) + " |")
     say("|" + "---|" * (1 + len(args.algos)))
-    say("| pass@1 gain (points) | " + " | ".join(
-        f"{100 * (runs[a]['after']['pass@1'] - runs[a]['before']['pass@1']):+.1f}" for a in args.algos) + " |")
-    say("| lenient gain (points) | " + " | ".join(
-        f"{100 * (runs[a]['after']['lenient_acc'] - runs[a]['before']['lenient_acc']):+.1f}" for a in args.algos) + " |")
-    say("| training + evaluation time (both at once) | " + " | ".join(
-        f"{(sum(m['time_step'] for m in runs[a]['train']) + runs[a]['before']['time_eval'] + runs[a]['after']['time_eval']) / 60:.1f} min"
-        for a in args.algos) + " |")
-    if seconds:
-        say("| process wall time (with loading and the checkpoint) | " + " | ".join(
-            f"{seconds[a] / 60:.1f} min" for a in args.algos) + " |")
-    say("| steps | " + " | ".join(str(len(runs[a]["train"])) for a in args.algos) + " |")
-    say("| rollouts sampled | " + " | ".join(
-        str(sum(m["rollouts_drawn"] for m in runs[a]["train"])) for a in args.algos) + " |")
-    say("| training accuracy, first 3 steps -> last 3 (all rollouts drawn) | " + " | ".join(
-        f"{pct(mean(m['accuracy_drawn'] for m in runs[a]['train'][:3]))} -> "
-        f"{pct(mean(m['accuracy_drawn'] for m in runs[a]['train'][-3:]))}" for a in args.algos) + " |")
+    rows = {a: summary(runs[a], seconds.get(a)) for a in args.algos}
+    for name in rows[args.algos[0]]:
+        say(f"| {name} | " + " | ".join(rows[a][name] for a in args.algos) + " |")
     say("")
 
     say("## How the right answers are stated (share of all held-out samples)\n")
@@ -228,7 +244,8 @@ def report(args, runs, seconds, forms):
     say("")
 
     say("## Where a step's time goes (seconds per step, mean over the steps)\n")
-    say("| | " + " | ".join(name for _, name in PHASES) + " | step | evaluation (each) | sampled tokens/s | update tokens/s |")
+    say("| | " + " | ".join(name for _, name in PHASES)
+        + " | step | evaluation (each) | sampled tokens/s | update tokens/s |")
     say("|" + "---|" * (len(PHASES) + 5))
     for a in args.algos:
         tr = runs[a]["train"]
@@ -282,14 +299,16 @@ def plot(args, runs, path):
     except ImportError:
         print("matplotlib is not installed (pip install -r requirements-plot.txt): no plot", flush=True)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for a in args.algos:
         tr = runs[a]["train"]
         steps = [m["step"] for m in tr]
         axes[0].plot(steps, [m["accuracy_drawn"] for m in tr], marker="o", ms=3, label=a)
         axes[1].plot(steps, [m["length_drawn"] for m in tr], marker="o", ms=3, label=a)
+        axes[2].plot(steps, [m["entropy"] for m in tr], marker="o", ms=3, label=a)
     axes[0].set(xlabel="step", ylabel="reward (all rollouts drawn)", title="training reward")
     axes[1].set(xlabel="step", ylabel="tokens", title="response length")
+    axes[2].set(xlabel="step", ylabel="nats per token", title="entropy of pi_old (kept batch)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -308,7 +327,8 @@ def main():
         seconds = train_all(args)
     runs = {a: load_run(os.path.join(args.runs_dir, a)) for a in args.algos}
     first = runs[args.algos[0]]
-    forms = {"start": form_counts(held_out_samples(first, first["cfg"]["model"], os.path.join(args.runs_dir, HELD_OUT)))}
+    start = held_out_samples(first, first["cfg"]["model"], os.path.join(args.runs_dir, HELD_OUT))
+    forms = {"start": form_counts(start)}
     for a in args.algos:
         run_dir = os.path.join(args.runs_dir, a)
         forms[a] = form_counts(held_out_samples(runs[a], os.path.join(run_dir, "checkpoint"),

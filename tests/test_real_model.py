@@ -49,7 +49,7 @@ def test_report_equals_the_runs(bench_run):
     # the two presets start from the same weights with the same evaluation keys: one "before"
     assert evals["a3po"][0] == pytest.approx({**evals["dapo"][0], "time_eval": evals["a3po"][0]["time_eval"]})
     pct = lambda v: f"{100 * v:.1f}%"
-    for key, name in [("pass@1", "pass@1 (strict: boxed)"), ("pass@8", "pass@8"), ("greedy_acc", "greedy"),
+    for key, name in [("pass@1", "pass@1 (the reward: boxed or marked answer)"), ("pass@8", "pass@8"), ("greedy_acc", "greedy"),
                       ("lenient_acc", "lenient (fallback)"), ("boxed", "boxes an answer"),
                       ("truncated", "hits the token limit")]:
         assert row(text, name) == [pct(evals["a3po"][0][key]), pct(evals["a3po"][-1][key]), pct(evals["dapo"][-1][key])]
