@@ -170,8 +170,6 @@ def task_flags(settings: dict) -> list[str]:
     return ["--data", settings["task"]] if settings.get("task", "synthetic") != "synthetic" else []
 
 
-
-
 def read_settings(runs_dir: str) -> dict:
     path = os.path.join(runs_dir, "settings.json")
     if not os.path.exists(path):
@@ -262,10 +260,10 @@ LENGTHS = "heldout_lengths.json"
 START_LOCK = threading.Lock()  # two runs of one seed must not draw its start samples at once
 
 
-def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
-    """The held-out samples of a3po.py's `evaluate` for `model_path`, drawn again by `evaluate`
-    itself: the same problems, prompts, sampling settings and random stream, so the same
-    responses. -> their lengths, correctness and truncation, one entry per sample (problem-major)."""
+def redrawn_evaluation(config: dict, model_path: str, threads: int):
+    """a3po.py's `evaluate` of `model_path` with a run's settings (its config.json): the same
+    problems, prompts, sampling settings and random stream as the run's own evaluations, so the
+    same responses. -> (the eval dict, every sample as `evaluate` hands it back, the problems)."""
     import dataclasses
 
     import torch
@@ -279,7 +277,15 @@ def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
     cfg.model = model_path
     policy, tok, problems, prompts = a3po.prepare_eval(cfg)
     samples = []
-    a3po.evaluate(policy, tok, cfg, problems, prompts, samples)
+    ev = a3po.evaluate(policy, tok, cfg, problems, prompts, samples)
+    return ev, samples, problems
+
+
+def held_out_samples(config: dict, model_path: str, threads: int) -> dict:
+    """The held-out samples of a3po.py's `evaluate` for `model_path`, drawn again (see
+    `redrawn_evaluation`). -> their lengths, correctness and truncation, one entry per sample
+    (problem-major)."""
+    _, samples, _ = redrawn_evaluation(config, model_path, threads)
     return dict(length=[x["length"] for x in samples], correct=[int(x["reward"]) for x in samples],
                 truncated=[int(x["truncated"]) for x in samples])
 

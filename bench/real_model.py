@@ -29,8 +29,14 @@ import subprocess
 import sys
 import time
 
+from statistics import mean
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.append(os.path.join(REPO, "bench"))  # after the repository: bench/verifier.py must not shadow verifier.py
+import verifier  # noqa: E402
+from data.tasks import read_jsonl  # noqa: E402  (bad lines name file:line)
+from polarity import redrawn_evaluation  # noqa: E402  (the held-out redraw the polarity study checks too)
 
 # The task and the trainer settings, the same for every preset. Level-1 synthetic problems
 # ("What is 15+4?" or a one-step word problem) are the easiest the project has: SmolLM2-135M
@@ -105,14 +111,9 @@ def train_all(args):
     return seconds
 
 
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def load_run(run_dir):
-    metrics = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    samples = read_jsonl(os.path.join(run_dir, "samples.jsonl"))
+    metrics = [m for _, m in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
+    samples = [x for _, x in read_jsonl(os.path.join(run_dir, "samples.jsonl"))]
     evals = [m for m in metrics if m["split"] == "eval"]
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
@@ -128,25 +129,13 @@ FORMS = [("number", "a number (\"The answer is 19\")"),
 
 
 def held_out_samples(run, model_path, cache):
-    """Every held-out sample of a3po.py's evaluation of model_path, drawn again by a3po.evaluate
-    with the run's settings (same problems, prompts and per-sample keys, one thread as in the
-    run, so the same responses: checked against the logged pass@1 and length). Cached in `cache`."""
+    """Every held-out sample of a3po.py's evaluation of model_path, drawn again with the run's
+    settings by `redrawn_evaluation` (one thread, as in the run, so the same responses: checked
+    against the logged pass@1 and length). Cached in `cache`."""
     if os.path.exists(cache):
         with open(cache, encoding="utf-8") as f:
             return json.load(f)
-    import dataclasses
-
-    import torch
-
-    import a3po
-
-    torch.set_num_threads(1)
-    fields = {f.name for f in dataclasses.fields(a3po.Config)}
-    cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in run["cfg"].items() if k in fields})
-    cfg.model = model_path
-    policy, tok, problems, ids = a3po.prepare_eval(cfg)
-    samples = []
-    ev = a3po.evaluate(policy, tok, cfg, problems, ids, samples)
+    ev, samples, problems = redrawn_evaluation(run["cfg"], model_path, threads=1)
     logged = run["before"] if model_path == run["cfg"]["model"] else run["after"]
     for key in ("pass@1", "length"):
         if abs(ev[key] - logged[key]) > 1e-9:
@@ -164,8 +153,6 @@ def answer_form(text):
     """How a response states its answer: 'number', 'equation' (the last side is a number),
     'expression' (anything else the verifier read, e.g. the question's sum not worked out,
     which it scores by its value), or None (no answer found)."""
-    import verifier
-
     answer = verifier.extract_answer(text)
     if answer is None:
         return None
@@ -284,11 +271,6 @@ def report(args, runs, seconds, forms):
                 say(f"- {a} after ({'right' if x['reward'] else 'wrong'}): `{one_line(x['completion'])}`")
         say("")
     return "\n".join(out)
-
-
-def mean(values):
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def one_line(text):

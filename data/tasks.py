@@ -388,9 +388,10 @@ def synthetic_problems(n, seed, split="train", level=DEFAULT_LEVEL, style="mixed
 #     \boxed{7}
 # Each line tries one candidate (the second factor) and checks it exactly and visibly: the
 # product first, then the sum (a small model gets a*k+b in one go wrong half the time), then
-# the verdict: below, above or at the target. The reward is the boxed answer, unambiguous. The worked solutions the shipped search model
-# learned from (tools/train_search_model.py) try candidates in a random order and ignore the
-# low/high verdicts, and some stop early with an unchecked guess. So a sampled response can
+# the verdict: below, above or at the target. The reward is the boxed answer, unambiguous.
+# The worked solutions the shipped search model learned from (tools/train_search_model.py)
+# try candidates in a random order and ignore the low/high verdicts, and some stop early with
+# an unchecked guess. So a sampled response can
 # be short (a lucky first try, or a guess) or long (it can also run out of tokens before it
 # finds n), and a better strategy exists for RL to find: never retry a ruled-out candidate,
 # move up after "low" and down after "high" (bisection needs at most 4 tries where the

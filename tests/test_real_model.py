@@ -6,13 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from test_trainer import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def row(text, name):
