@@ -2,7 +2,7 @@
 
     python bench/polarity.py                 # full study: 9 variants x 4 seeds (~45 min on 2 idle cores, estimated)
     python bench/polarity.py --quick         # smaller and shorter (< 10 min): a smoke test of the study
-    python bench/polarity.py --task search   # the same on the search task: 10 variants x 4 seeds (~2 h, estimated)
+    python bench/polarity.py --task search   # the same on the search task: 10 variants x 4 seeds (2 h, measured)
     python bench/polarity.py --task search --quick   # its smoke test (~6 min with --jobs 2 on 2 idle cores)
     python bench/polarity.py --report-only   # rebuild the report from the runs already on disk
     python bench/polarity.py -- --model PATH # flags after -- go to every a3po.py run
@@ -23,8 +23,9 @@ stopped and restarted at any point.
 Then it reads every run's metrics.jsonl (train lines: accuracy, entropy, length, split by
 polarity; eval lines: held-out avg@16, pass@1/4/16, sampled at the training temperature) and
 writes to --out:
-  polarity.md              tables (mean +- std over seeds) and the claims, each judged
-                           holds / does not hold / unclear by the stated RULE (`compare`)
+  polarity.md              tables (mean +- std over seeds), whether the held-out curves
+                           have flattened, and the claims, each judged holds / does not
+                           hold / unclear by the stated RULE (`compare`)
   polarity.json            the per-seed numbers behind the tables (runs/ is not committed)
   polarity-*.png           curves vs step, one line per variant, a band for the seed spread
                            (needs matplotlib: pip install -r requirements-plot.txt; without it
@@ -104,11 +105,13 @@ FULL = dict(seeds=[0, 1, 2, 3], steps=40, eval_every=10, eval_size=100, variants
 # CPU-seconds. A smoke test of the whole pipeline; its numbers mean little.
 QUICK = dict(seeds=[0, 1], steps=6, eval_every=3, eval_size=24, variants=SYNTHETIC_VARIANTS)
 # The search task: responses are ~3x longer than the arithmetic task's (up to its budget of
-# tasks.SEARCH_MAX_NEW_TOKENS), so a step costs more: measured on one thread ~5 s a step, ~2 s
-# an evaluation of 16 problems x 16 samples (so ~11 s for 100). Full: 40 runs of ~6 min
-# (48 steps, 5 evaluations, the length redraws): ~2 h with --jobs 2 on 2 idle cores (estimated).
+# tasks.SEARCH_MAX_NEW_TOKENS), so a step costs more: measured with --jobs 2 on one thread each,
+# ~6.3 s a step (60% of it the update), ~8 s an evaluation of 64 problems x 16 samples.
+# Full: 40 runs of 4.9-6.9 min (48 steps, 5 evaluations, the length redraws), measured 120.5 min
+# with --jobs 2 on 2 idle cores. 64 held-out problems, not 100, to fit 48 steps (by when the
+# held-out curves have stopped rising) into 2 hours.
 # Quick: 20 runs of ~33 s, measured 10.9 min with --jobs 1 while other jobs shared the machine.
-SEARCH_FULL = dict(seeds=[0, 1, 2, 3], steps=48, eval_every=12, eval_size=100, variants=SEARCH_VARIANTS)
+SEARCH_FULL = dict(seeds=[0, 1, 2, 3], steps=48, eval_every=12, eval_size=64, variants=SEARCH_VARIANTS)
 SEARCH_QUICK = dict(seeds=[0, 1], steps=4, eval_every=2, eval_size=16, variants=SEARCH_VARIANTS)
 SIZES = {("synthetic", False): FULL, ("synthetic", True): QUICK, ("search", False): SEARCH_FULL,
          ("search", True): SEARCH_QUICK}
@@ -558,6 +561,60 @@ def judge(runs: dict, checks: list) -> tuple[str, list[dict]]:
     return ("does not hold" if "does not hold" in verdicts else "unclear"), results
 
 
+# Have the curves flattened? The same rule, applied to the second half of training: a run
+# counts as still moving when its held-out metric changed from the middle evaluation to the
+# last by more than the margin (paired by seed: the same runs, measured twice). Half the run,
+# not the last interval: a slow steady drift hides in one interval's noise. "Within the noise"
+# is not "flat" when the noise is wide, so flat needs the whole 95% interval of the change to
+# lie within a tolerance (an equivalence test); otherwise the verdict is unclear.
+PLATEAU_METRICS = ("pass@1", "pass@16", "eval_length")
+FLAT_TOLERANCE = {"pass@1": 0.05, "pass@16": 0.05, "eval_length": 5.0}  # 5 points of pass@k, 5 tokens
+
+
+def middle_eval(evals: list[dict]) -> int:
+    """Index of the first evaluation at or past half of training (never the last one)."""
+    half = evals[-1]["step"] / 2
+    return min(next(i for i, e in enumerate(evals) if e["step"] >= half), len(evals) - 2)
+
+
+def second_half_change(runs: dict, variant: str, metric: str) -> dict | None:
+    """Held-out `metric` at the last evaluation minus the middle one, paired by seed ->
+    dict(d, margin, n, verdict: rising | falling | flat | unclear, steps); None if the runs
+    have fewer than two evaluations. Rising / falling: |d| > margin (the claims' rule); flat:
+    |d| + margin <= FLAT_TOLERANCE; unclear: neither, or fewer than 2 seeds."""
+    seeds = {s: r for s, r in runs.get(variant, {}).items() if len(r["eval"]) >= 2}
+    if not seeds:
+        return None
+    last = {s: r["eval"][-1][metric] for s, r in seeds.items()}
+    middle = {s: r["eval"][middle_eval(r["eval"])][metric] for s, r in seeds.items()}
+    d, se, df, n = paired_se(last, middle)
+    evals = next(iter(seeds.values()))["eval"]
+    steps = (evals[middle_eval(evals)]["step"], evals[-1]["step"])
+    if n < 2:
+        return dict(d=d, margin=float("nan"), n=n, verdict="unclear", steps=steps)
+    margin = max(t975(df) * se, FLOORS[metric])
+    if abs(d) > margin:
+        verdict = "rising" if d > 0 else "falling"
+    else:
+        verdict = "flat" if abs(d) + margin <= FLAT_TOLERANCE[metric] else "unclear"
+    return dict(d=d, margin=margin, n=n, verdict=verdict, steps=steps)
+
+
+def plateau_section(runs: dict, variants) -> list[str]:
+    head = "| run | seeds | steps | " + " | ".join(f"{m.replace('eval_length', 'length')} change (margin)"
+                                                  for m in PLATEAU_METRICS) + " |"
+    lines = [head, "|---|---:|---|" + "---:|" * len(PLATEAU_METRICS)]
+    for v in variants:
+        changes = [second_half_change(runs, v, m) for m in PLATEAU_METRICS]
+        if v not in runs or changes[0] is None:
+            continue
+        cells = [f"{fmt_value(m, c['d'])} ({fmt_value(m, c['margin'])}) {c['verdict']}"
+                 for m, c in zip(PLATEAU_METRICS, changes)]
+        lines.append(f"| {v} | {changes[0]['n']} | {changes[0]['steps'][0]} -> {changes[0]['steps'][1]} | "
+                     + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
 # ----------------------------------------------------------------------------- the report
 
 def fmt_value(metric: str, v: float) -> str:
@@ -685,6 +742,15 @@ def run_settings(runs_dir: str, runs: dict) -> dict:
     return {}
 
 
+def seed_groups(runs: dict) -> list[tuple[list[int], list[str]]]:
+    """Variants grouped by the seeds they ran with, the largest group first: one study command
+    each, so that rerunning them makes the same runs (a sweep may have fewer seeds)."""
+    groups = {}
+    for v in runs:
+        groups.setdefault(tuple(sorted(runs[v])), []).append(v)
+    return sorted(((list(k), vs) for k, vs in groups.items()), key=lambda g: -len(g[1]))
+
+
 def study_command(args, cfg: dict, seeds, variants) -> str:
     """The command that reproduces the report (the sizes the runs really used)."""
     cmd = ["python bench/polarity.py"] + (["--task", args.task] if args.task != "synthetic" else [])
@@ -705,12 +771,12 @@ def task_text(args, cfg: dict) -> str:
 
 def markdown(args, runs: dict, plots: list[str]) -> str:
     cfg = run_settings(args.runs_dir, runs)  # what the runs really used, whatever args say now
-    seeds = sorted({s for v in runs for s in runs[v]})
     w = end_window(cfg["steps"])
     pct = "pass@k, accuracy in %"
     L = [f"# Sample polarity at small scale{' (--quick: a smoke test, too small to conclude anything)' if args.quick else ''}",
          "",
-         f"Generated by `{study_command(args, cfg, seeds, list(runs))}` (do not edit by hand): "
+         "Generated by " + " and ".join(f"`{study_command(args, cfg, group_seeds, group)}`"
+                                        for group_seeds, group in seed_groups(runs)) + " (do not edit by hand): "
          f"{sum(len(r) for r in runs.values())} finished runs.",
          "",
          "## Setup",
@@ -750,6 +816,15 @@ def markdown(args, runs: dict, plots: list[str]) -> str:
               "(no answer); wrong stop: ended with a wrong answer before it; length right / wrong: the mean "
               "length of the correct / incorrect samples (held-out polarity).", "",
               *lengths, ""]
+    plateau = plateau_section(runs, list(VARIANTS))
+    if plateau:
+        L += ["## Have the curves flattened?", "",
+              "The change of each held-out metric over the second half of training (the last evaluation minus "
+              "the first one at or past half of the steps, paired by seed; pass@k in points), judged by the "
+              "claims' rule below: **rising** / **falling** if |change| > margin; **flat** if the whole interval "
+              f"change ± margin lies within ± {100 * FLAT_TOLERANCE['pass@1']:g} points of pass@k and "
+              f"± {FLAT_TOLERANCE['eval_length']:g} tokens of length; else **unclear** (too noisy to tell).",
+              "", *plateau, ""]
     L += [
          "## The paper's claims at this scale",
          "",
