@@ -606,7 +606,7 @@ def plateau_section(runs: dict, variants) -> list[str]:
     lines = [head, "|---|---:|---|" + "---:|" * len(PLATEAU_METRICS)]
     for v in variants:
         changes = [second_half_change(runs, v, m) for m in PLATEAU_METRICS]
-        if v not in runs or changes[0] is None:
+        if changes[0] is None:  # not run, or a single evaluation
             continue
         cells = [f"{fmt_value(m, c['d'])} ({fmt_value(m, c['margin'])}) {c['verdict']}"
                  for m, c in zip(PLATEAU_METRICS, changes)]

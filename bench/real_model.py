@@ -36,7 +36,7 @@ sys.path.insert(0, REPO)
 sys.path.append(os.path.join(REPO, "bench"))  # after the repository: bench/verifier.py must not shadow verifier.py
 import verifier  # noqa: E402
 from data.tasks import read_jsonl  # noqa: E402  (bad lines name file:line)
-from polarity import redrawn_evaluation  # noqa: E402  (the held-out redraw the polarity study checks too)
+from polarity import redrawn_evaluation, write_atomic  # noqa: E402  (the held-out redraw the polarity study checks too)
 
 # The task and the trainer settings, the same for every preset. Level-1 synthetic problems
 # ("What is 15+4?" or a one-step word problem) are the easiest the project has: SmolLM2-135M
@@ -143,9 +143,7 @@ def held_out_samples(run, model_path, cache):
                              "not the same samples")
     for x in samples:
         x["gold"] = problems[x["problem"]].answer
-    with open(cache + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(samples, f)
-    os.replace(cache + ".tmp", cache)
+    write_atomic(cache, json.dumps(samples))
     return samples
 
 
@@ -322,9 +320,7 @@ def main():
     text = report(args, runs, seconds, forms)
     print(text, flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md.tmp", "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(args.out + ".md.tmp", args.out + ".md")
+    write_atomic(args.out + ".md", text + "\n")
     plot(args, runs, args.out + ".png")
 
 
