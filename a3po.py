@@ -8,6 +8,7 @@ numbers are the [method N] tags of `python a3po.py --help` and of the comments b
 The file reads top to bottom in the order one training step runs:
   Config, PRESETS             which variant (A3PO or a baseline) and its constants
   MATH   (one batch, pure tensor functions, each tested against a float64 re-computation)
+    reward                    response -> 1 / 0, the verifier's score          (method 1)
     overlong_reward_penalty   length -> reward penalty                        (method 4)
     group_is_mixed            which groups dynamic sampling keeps              (method 1)
     token_logprobs            hidden states -> log pi_old(token), entropy      (method 7)
@@ -92,8 +93,10 @@ class Config:
     alpha_decay_steps: int | None = arg(None, "3", "S_decay of the schedule; none = --steps")
     token_criterion: str = arg("prob", "3", "rank tokens by pi_old probability, or by pi_old entropy (ablation)",
                                ("prob", "entropy"))
-    pos_tail: str = arg("low", "3", "positive samples: boost the LOW-probability tokens", ("low", "high"))
-    neg_tail: str = arg("high", "3", "negative samples: boost the HIGH-probability tokens", ("low", "high"))
+    pos_tail: str = arg("uncertain", "3", "positive samples: boost the tokens where pi_old was UNCERTAIN (low "
+                        "probability, or high entropy) or confident (ablation)", ("uncertain", "confident"))
+    neg_tail: str = arg("confident", "3", "negative samples: boost the tokens where pi_old was CONFIDENT (high "
+                        "probability, or low entropy) or uncertain (ablation)", ("uncertain", "confident"))
     # --- method 4: objective
     eps_low: float = arg(0.2, "4", "ratio clipped below at 1 - eps_low")
     eps_high: float = arg(0.28, "4", "clip-higher (DAPO): ratio clipped above at 1 + eps_high")
@@ -116,6 +119,10 @@ class Config:
                     "search task; also sets --model data/search_model and --max-new-tokens 96 unless given) or a JSONL file")
     data_format: str = arg("auto", "trainer", "format of --data / --eval-data",
                            ("auto", "gsm8k", "math", "olympiad", "generic"))
+    answer_check: str = arg("auto", "trainer", "what the reward accepts: number = a number written out, never an "
+                            "expression left to evaluate (so restating the question earns nothing); equivalence = "
+                            "any mathematically equal answer; auto = number for synthetic, search and GSM8K, "
+                            "equivalence for MATH, OlympiadBench and generic JSONL", ("auto", "number", "equivalence"))
     prompt_key: str | None = arg(None, "trainer", "generic JSONL: the key holding the question")
     answer_key: str | None = arg(None, "trainer", "generic JSONL: the key holding the gold answer")
     template: str = arg("boxed", "trainer", "prompt template: boxed (step by step, answer in \\boxed{}) | plain",
@@ -139,6 +146,7 @@ class Config:
     lr: float = arg(1e-4, "trainer", "AdamW peak learning rate")
     warmup_steps: int = arg(2, "trainer", "linear learning-rate warm-up steps")
     lr_schedule: str = arg("constant", "trainer", "after warm-up", ("constant", "cosine"))
+    lr_decay_steps: int | None = arg(None, "trainer", "the cosine schedule reaches 0 after this step; none = --steps")
     weight_decay: float = arg(0.0, "trainer", "AdamW weight decay")
     grad_clip: float = arg(1.0, "trainer", "max gradient norm (0 = no clipping)")
     grad_checkpointing: bool = arg(False, "trainer", "recompute each block in backward: less memory, more time")
@@ -152,7 +160,11 @@ class Config:
     log_samples: int = arg(4, "trainer", "responses per step written to samples.jsonl (one per group)")
     save_every: int = arg(0, "trainer", "also checkpoint every N steps (0 = only at the end and when interrupted)")
     run_dir: str | None = arg(None, "trainer", "output folder; none = runs/<algo>-<date>-<time>-s<seed>-<pid>")
-    resume: str | None = arg(None, "trainer", "continue the run in this folder from its checkpoint, exactly")
+    resume: str | None = arg(None, "trainer", "continue the run in this folder from its checkpoint, exactly, with "
+                             "its saved settings")
+    override: bool = arg(False, "trainer", "with --resume: let the flags given change the run's saved settings "
+                         "(e.g. a larger --steps; the schedules keep their saved horizons); each change is recorded "
+                         "in the run's changes.jsonl")
     eval_only: bool = arg(False, "trainer", "only evaluate --model (any checkpoint folder) and exit")
     seed: int = arg(0, "trainer", "seeds data order and sampling (the task itself is fixed)")
     device: str = arg("auto", "trainer", "cpu | cuda | cuda:N (auto = cuda when available)")
@@ -181,8 +193,8 @@ class Config:
             need(getattr(self, name) >= 0, f"--{flag(name)} {getattr(self, name)}: must be >= 0")
         need(self.eps_low < 1, f"--eps-low {self.eps_low}: must be < 1 (ratio floor 1 - eps_low > 0)")
         need(self.clip_c is None or self.clip_c > 1, f"--clip-c {self.clip_c}: the dual-clip bound must be > 1")
-        need(self.alpha_decay_steps is None or self.alpha_decay_steps > 0,
-             f"--alpha-decay-steps {self.alpha_decay_steps}: must be > 0")
+        for name in ("alpha_decay_steps", "lr_decay_steps"):
+            need(getattr(self, name) is None or getattr(self, name) > 0, f"--{flag(name)} {getattr(self, name)}: must be > 0")
         need(self.loss_agg_constant is None or self.loss_agg_constant > 0,
              f"--loss-agg-constant {self.loss_agg_constant}: must be > 0")
 
@@ -228,7 +240,17 @@ def apply_preset(base: "str | Config", overrides: dict | None = None) -> Config:
 # ============================================================================ MATH
 # Pure functions of one batch's tensors, in the order `train_step` calls them.
 
-# ------------------------------------------------------------- rewards (method 4)
+# ------------------------------------------------------------- rewards (method 1, 4)
+
+def reward(response: str, problem: tasks.Problem, fallback: bool = False) -> float:
+    """The verifier's score of a response, 1.0 or 0.0; training and evaluation both use it.
+    A problem that asks to compute a number (problem.numeric: our tasks, GSM8K, or --answer-check
+    number) wants that number written out, so a response that boxes the question's own
+    arithmetic ("12+11+3") earns nothing: a reward a policy could earn by echoing the question
+    is the textbook reward hack. fallback=True also reads an answer without a box or a marker
+    (evaluation's lenient_acc)."""
+    return verifier.score(response, problem.answer, fallback=fallback, number_only=problem.numeric)
+
 
 def overlong_reward_penalty(lengths: torch.Tensor, max_len: int, cache: int, factor: float = 1.0) -> torch.Tensor:
     """DAPO's soft overlong punishment, added to the verifier reward. lengths [B] -> [B] (<= 0).
@@ -358,11 +380,12 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 
 # ------------------------------------------------- rewards -> advantages (method 1, 2)
 
-def reward_to_raw_advantage(rewards: torch.Tensor, kind: str, wreinforce_lambda: float = 0.1) -> torch.Tensor:
-    """Raw-reward advantages of the polarity baselines (method 2, Zhu et al.). rewards [B] -> [B].
+def reward_to_raw_advantage(rewards: torch.Tensor, correct: torch.Tensor, kind: str,
+                            wreinforce_lambda: float = 0.1) -> torch.Tensor:
+    """Raw-reward advantages of the polarity baselines (method 2, Zhu et al.). rewards, correct [B] -> [B].
 
     psr: A = R (only correct answers move the model); nsr: A = R - 1 (only wrong ones);
-    w-reinforce: A = lambda * R for R > 0 (lambda for a correct answer), R - 1 otherwise (-1).
+    w-reinforce: A = lambda * R for a correct answer (lambda without a penalty), R - 1 for a wrong one (-1).
     No group mean, no std: each answer is judged alone.
     """
     r = rewards.float()
@@ -371,29 +394,41 @@ def reward_to_raw_advantage(rewards: torch.Tensor, kind: str, wreinforce_lambda:
     if kind == "nsr":
         return r - 1
     assert kind == "w-reinforce", kind
-    return torch.where(r > 0, wreinforce_lambda * r, r - 1)
+    return torch.where(correct > 0, wreinforce_lambda * r, r - 1)
 
 
-def compute_advantages(rewards: torch.Tensor, group_size: int, cfg: Config) -> torch.Tensor:
+def compute_advantages(rewards: torch.Tensor, group_size: int, cfg: Config,
+                       correct: torch.Tensor | None = None) -> torch.Tensor:
     """One advantage per response (method 1). rewards [B], groups consecutive -> adv [B].
 
     std : (R - mean) / (std + eps), std = SAMPLE std (divides by G-1) like torch.std and the
           usual GRPO implementations (TRL, verl). A group of 1 has A = 0.
     none: R - mean (Dr. GRPO: no division, so easy and hard prompts are not re-weighted).
     raw : the polarity baselines' advantages, per cfg.raw_adv (reward_to_raw_advantage).
-    A group whose rewards are all equal gets EXACTLY 0 (a float mean can miss by an ulp).
+    A group whose rewards are all equal gets EXACTLY 0 (std / none; a float mean can miss by an ulp).
+    correct [B], the verifier scores, when the rewards are more (the overlong penalty): then
+    correctness decides the polarity and the reward only the size. A group whose answers are
+    all right or all wrong gets 0, and an advantage of the wrong sign is cut to 0, so a right
+    answer is never pushed down nor a wrong one up, however long it is.
     """
     assert rewards.dim() == 1 and rewards.numel() % group_size == 0, (tuple(rewards.shape), group_size)
     need(bool(torch.isfinite(rewards).all()), "compute_advantages: rewards contain NaN/inf")
+    c = rewards if correct is None else correct                       # [B] what decides polarity
+    assert c.shape == rewards.shape, (tuple(c.shape), tuple(rewards.shape))
     if cfg.adv_norm == "raw":
-        return reward_to_raw_advantage(rewards, cfg.raw_adv, cfg.wreinforce_lambda)
-    r = rewards.double().reshape(-1, group_size)                      # [B/G, G]
-    adv = r - r.mean(dim=1, keepdim=True)                             # [B/G, G]
-    if cfg.adv_norm == "std":
-        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-        adv = adv / (std + cfg.adv_eps)
-    same = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # [B/G, 1] nothing to learn
-    return adv.masked_fill(same, 0.0).view(-1).float()
+        adv = reward_to_raw_advantage(rewards, c, cfg.raw_adv, cfg.wreinforce_lambda)
+    else:
+        r = rewards.double().reshape(-1, group_size)                  # [B/G, G]
+        adv = r - r.mean(dim=1, keepdim=True)                         # [B/G, G]
+        if cfg.adv_norm == "std":
+            std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+            adv = adv / (std + cfg.adv_eps)
+        g = c.reshape(-1, group_size)                                 # [B/G, G]
+        same = g.amax(dim=1, keepdim=True) == g.amin(dim=1, keepdim=True)  # [B/G, 1] nothing to learn
+        adv = adv.masked_fill(same, 0.0).view(-1).float()
+    if correct is None:
+        return adv
+    return torch.where(correct > 0, adv.clamp(min=0), adv.clamp(max=0))
 
 
 def polarity_weights(adv: torch.Tensor, w_pos: float, w_neg: float) -> torch.Tensor:
@@ -425,7 +460,7 @@ def boost_factors(s: int, cfg: Config) -> tuple[float, float]:
     """(alpha_pos, alpha_neg) of RL step s, computed once per step for the shaping and the log."""
     if not cfg.token_shaping:
         return 1.0, 1.0
-    S = cfg.alpha_decay_steps or cfg.steps
+    S = cfg.alpha_decay_steps or cfg.steps  # (a run's config.json holds it resolved: see resolve_defaults)
     return (alpha_schedule(cfg.alpha0_pos, s, S, cfg.alpha_schedule),
             alpha_schedule(cfg.alpha0_neg, s, S, cfg.alpha_schedule))
 
@@ -485,10 +520,12 @@ def shape_advantages(adv: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tens
     values = old_logp if cfg.token_criterion == "prob" else entropy   # [B, T]
     assert values is not None and values.shape == (B, T), "token_criterion=entropy needs entropy [B, T]"
     need(bool(torch.isfinite(values[mask]).all()), f"shape_advantages: pi_old {cfg.token_criterion} has NaN/inf")
+    # pi_old is uncertain where a token's probability is low, or where the entropy is high
+    end = lambda intent: "low" if (intent == "uncertain") == (cfg.token_criterion == "prob") else "high"
     pos_tokens = mask & (adv > 0)[:, None]                           # [B, T]
     neg_tokens = mask & (adv < 0)[:, None]                           # [B, T]
-    boosted_pos = select_tail(values, pos_tokens, cfg.rho_pos, cfg.pos_tail, generator)
-    boosted_neg = select_tail(values, neg_tokens, cfg.rho_neg, cfg.neg_tail, generator)
+    boosted_pos = select_tail(values, pos_tokens, cfg.rho_pos, end(cfg.pos_tail), generator)
+    boosted_neg = select_tail(values, neg_tokens, cfg.rho_neg, end(cfg.neg_tail), generator)
     scale = torch.ones(B, T, device=mask.device)
     scale[boosted_pos] = alphas[0]
     scale[boosted_neg] = alphas[1]
@@ -790,8 +827,33 @@ def resolve_model_path(path: str) -> str:
     return here if os.path.exists(here) else path
 
 
+@contextlib.contextmanager
+def input_errors():
+    """The loaders' errors about a bad file or folder (ValueError naming file:line, a missing
+    file) are the user's: they become UserError. Anything else raised there is a bug and keeps
+    its traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
+
+
 def load_data(cfg: Config):
-    """-> (train problems, held-out problems). Bad files fail here, naming file:line."""
+    """-> (train problems, held-out problems). Bad files fail here, naming file:line.
+    --answer-check number / equivalence sets how every problem's reward reads answers
+    (auto: as its task says, see tasks.Problem.numeric)."""
+    with input_errors():
+        train, held_out = read_problems(cfg)
+    if cfg.answer_check != "auto":
+        numeric = cfg.answer_check == "number"
+        train = [replace(p, numeric=numeric) for p in train]
+        held_out = [replace(p, numeric=numeric) for p in held_out]
+    return train, held_out
+
+
+def read_problems(cfg: Config):
     fmt = dict(fmt=cfg.data_format, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key)
     held_out = None
     if cfg.data == "synthetic":
@@ -895,7 +957,7 @@ def rollout_groups(policy, tok, cfg: Config, problems, prompts, keys) -> tuple[l
     out = []
     for i, (prompt, response) in enumerate(zip(seqs, responses)):
         problem, text = problems[i // cfg.group_size], tok.decode(response)
-        correct = float(verifier.score(text, problem.answer))
+        correct = reward(text, problem)
         out.append(Rollout(prompt, response, text, problem, correct, correct, response[-1] not in tok.eos_ids))
     if cfg.overlong_penalty:
         penalty = overlong_reward_penalty(torch.tensor([len(r.response) for r in out]), cfg.max_new_tokens,
@@ -1019,12 +1081,13 @@ def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
 # ----------------------------------------------------------------------------- update
 
 def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warm-up over --warmup-steps, then constant or cosine decay (toward 0 after the last step)."""
+    """Linear warm-up over --warmup-steps, then constant, or cosine decay toward 0 at --lr-decay-steps (0 after)."""
     if step <= cfg.warmup_steps:
         return cfg.lr * step / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    progress = (step - cfg.warmup_steps - 1) / max(1, cfg.steps - cfg.warmup_steps)
+    S = cfg.lr_decay_steps or cfg.steps  # (a run's config.json holds it resolved: see resolve_defaults)
+    progress = min(1.0, (step - cfg.warmup_steps - 1) / max(1, S - cfg.warmup_steps))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -1112,7 +1175,8 @@ def step_metrics(batch: Batch, adv, entropy, loss_mask, boosted_pos, boosted_neg
     pos, neg = adv > 0, adv < 0                                       # [B]
     mean = lambda x, m: float((x * m).sum() / m.sum()) if bool(m.any()) else float("nan")
     share = lambda b, m: float(b.sum() / m.sum()) if bool(m.any()) else 0.0
-    drawn_adv = compute_advantages(torch.tensor([r.reward for r in drawn]), cfg.group_size, cfg)
+    drawn_adv = compute_advantages(torch.tensor([r.reward for r in drawn]), cfg.group_size, cfg,
+                                   torch.tensor([r.correct for r in drawn]))
     return {
         **batch_stats(batch.rollouts, adv.cpu()),
         "length_pos": mean(lengths, pos), "length_neg": mean(lengths, neg),
@@ -1154,7 +1218,7 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     t2 = time.time()
     # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
     #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
-    adv = compute_advantages(batch.reward, cfg.group_size, cfg)                         # [B]
+    adv = compute_advantages(batch.reward, cfg.group_size, cfg, batch.correct)          # [B]
     loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
     alphas = boost_factors(step - 1, cfg)
     tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
@@ -1220,31 +1284,29 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     n = max(cfg.eval_k)
     mine = share(len(problems))
     per_problem, mine_sampled = [], []  # counts over each problem's samples; this rank's samples
-    if len(mine):
-        seqs = [prompt_ids[i] for i in mine for _ in range(n)]
-        keys = eval_keys(cfg, mine, n)                               # [len(mine) * n]
-        greedy, sampled = [], []
-        with full_weights(policy):
-            for s in range(0, len(seqs), cfg.eval_batch_size):
-                sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
-                                          cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
-                                          row_keys=keys[s:s + cfg.eval_batch_size])[0]
-            for s in range(mine.start, mine.stop, cfg.eval_batch_size):
-                greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
-                                         cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids)[0]
-        for j, i in enumerate(mine):
-            rs = sampled[j * n:(j + 1) * n]
-            texts = [tok.decode(r) for r in rs]
-            gold = problems[i].answer
-            rewards = [verifier.score(t, gold) for t in texts]
-            cut = [len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs]
-            per_problem.append(dict(
-                correct=int(sum(rewards)), lenient=sum(verifier.score(t, gold, fallback=True) for t in texts),
-                boxed=sum("\\boxed" in t for t in texts), truncated=sum(cut), length=sum(map(len, rs)),
-                greedy=verifier.score(tok.decode(greedy[j]), gold), greedy_length=len(greedy[j])))
-            if samples is not None:
-                mine_sampled += [dict(problem=i, sample=k, completion=texts[k], length=len(rs[k]),
-                                      reward=rewards[k], truncated=cut[k]) for k in range(n)]
+    seqs = [prompt_ids[i] for i in mine for _ in range(n)]
+    keys = eval_keys(cfg, mine, n)                                   # [len(mine) * n]
+    greedy, sampled = [], []
+    with full_weights(policy):  # (a collective under --fsdp: every process takes part, even one without problems)
+        for s in range(0, len(seqs), cfg.eval_batch_size):
+            sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
+                                      cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
+                                      row_keys=keys[s:s + cfg.eval_batch_size])[0]
+        for s in range(mine.start, mine.stop, cfg.eval_batch_size):
+            greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
+                                     cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids)[0]
+    for j, i in enumerate(mine):
+        rs = sampled[j * n:(j + 1) * n]
+        texts = [tok.decode(r) for r in rs]
+        rewards = [reward(t, problems[i]) for t in texts]
+        cut = [len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs]
+        per_problem.append(dict(
+            correct=int(sum(rewards)), lenient=sum(reward(t, problems[i], fallback=True) for t in texts),
+            boxed=sum("\\boxed" in t for t in texts), truncated=sum(cut), length=sum(map(len, rs)),
+            greedy=reward(tok.decode(greedy[j]), problems[i]), greedy_length=len(greedy[j])))
+        if samples is not None:
+            mine_sampled += [dict(problem=i, sample=k, completion=texts[k], length=len(rs[k]),
+                                  reward=rewards[k], truncated=cut[k]) for k in range(n)]
     per_problem = [x for part in all_gather_objects(per_problem) for x in part]
     if samples is not None:
         samples += [x for part in all_gather_objects(mine_sampled) for x in part]
@@ -1528,17 +1590,29 @@ def install_stop_signals():
 
 
 def resolve_defaults(cfg: Config) -> Config:
-    """Fill in the settings whose default depends on others, so config.json records the values used."""
+    """Fill in the settings whose default depends on others, so config.json records the values
+    used, and a run extended on --resume keeps its schedules' horizons."""
     if cfg.loss_agg == "token-sum-norm" and cfg.loss_agg_constant is None:  # Dr. GRPO: the generation budget
         cfg = replace(cfg, loss_agg_constant=float(cfg.max_new_tokens))
-    return replace(cfg, overlong_cache=overlong_cache(cfg))
+    return replace(cfg, overlong_cache=overlong_cache(cfg), alpha_decay_steps=cfg.alpha_decay_steps or cfg.steps,
+                   lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
+
+
+def record_changes(run_dir: str, cfg: Config, step: int):
+    """--resume --override: append to changes.jsonl which saved settings changed, from which step."""
+    saved = read_json(os.path.join(run_dir, "config.json"), "run config")
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RUNTIME_FIELDS and saved[k] != v}
+    if changed:
+        append_jsonl(os.path.join(run_dir, "changes.jsonl"), dict(from_step=step + 1, changed=changed))
 
 
 def load_policy(path: str, cfg: Config, device):
     """model.load (which refuses non-finite weights, naming the tensor) + an EOS to end responses."""
-    policy, tok = model.load(path, device=device)
-    if cfg.eos_token:
-        model.set_eos(tok, cfg.eos_token)
+    with input_errors():
+        policy, tok = model.load(path, device=device)
+        if cfg.eos_token:
+            model.set_eos(tok, cfg.eos_token)
     need(bool(tok.eos_ids), f"{path}: its config files name no EOS token, so responses could never end: "
          f"pass --eos-token TOKEN (e.g. --eos-token '<|im_end|>')")
     return policy, tok
@@ -1584,13 +1658,15 @@ def prepare(cfg: Config) -> Run:
         # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
         ref_policy = None
         if cfg.kl_coef > 0:
-            ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
+            with input_errors():
+                ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
         if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
             policy = shard_model(policy)
             ref_policy = ref_policy if ref_policy is None else shard_model(ref_policy)
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
+            with input_errors():  # (e.g. a --run-dir where we may not write)
+                os.makedirs(run_dir, exist_ok=True)
             lock = lock_run_dir(run_dir)
             remove_stale_temporaries(run_dir)
     except Exception as e:
@@ -1604,6 +1680,7 @@ def prepare(cfg: Config) -> Run:
                 if rank == 0:
                     for name in ("metrics.jsonl", "samples.jsonl"):
                         truncate_jsonl(os.path.join(run_dir, name), state["step"])
+                    record_changes(run_dir, cfg, state["step"])
             else:
                 if rank == 0:
                     for name in ("metrics.jsonl", "samples.jsonl"):
@@ -1777,9 +1854,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# How a run is executed, not what it computes: free to differ on --resume.
+RUNTIME_FIELDS = ("resume", "override", "threads", "device", "dist_timeout")
+
+
 def parse_config(argv=None) -> Config:
     """Config defaults <- --algo preset <- the flags given. With --resume RUN_DIR: the run's
-    saved config.json <- the flags given (e.g. a larger --steps to extend it)."""
+    saved config.json; a flag that would change a saved setting is refused unless --override
+    is given too (e.g. --override --steps 80 extends a run; prepare records the change)."""
     given = vars(build_parser().parse_args(argv))
     optional = {f.name for f in fields(Config) if f.default is None}
     given = {k: None if k in optional and v == "none" else tuple(v) if isinstance(v, list) else v
@@ -1789,15 +1871,27 @@ def parse_config(argv=None) -> Config:
         need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
         need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
         saved = read_json(path, "run config")
+        saved.pop("override", None)  # said for one resume, not for the next
         if "minibatch_size" in saved:  # runs saved before the rename
             saved["micro_batch_size"] = saved.pop("minibatch_size")
+        for name in ("pos_tail", "neg_tail"):  # runs saved before the tails were named by intent
+            if saved.get(name) in ("low", "high"):
+                low_is_uncertain = saved.get("token_criterion", "prob") == "prob"
+                saved[name] = "uncertain" if (saved[name] == "low") == low_is_uncertain else "confident"
         unknown = sorted(set(saved) - {f.name for f in fields(Config)})
         need(not unknown, f"{path}: unknown setting(s) {', '.join(unknown)} (written by another version of a3po.py?)")
         saved["eval_k"] = tuple(saved["eval_k"])
         try:
-            return replace(Config(**saved), **given)
+            base = Config(**saved)
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
+        cfg = replace(base, **given)
+        changed = [k for k, v in given.items() if k not in RUNTIME_FIELDS and getattr(base, k) != v]
+        need(not changed or cfg.override, f"--resume {given['resume']} continues the run with its saved settings: "
+             + ", ".join(f"--{flag(k)} {show(given[k])} (saved: {show(getattr(base, k))})" for k in changed)
+             + " would change them; add --override to change them on purpose (recorded in changes.jsonl), "
+             "or leave them out")
+        return cfg
     if given.get("data") == "search":  # the search task comes with its own model and token budget
         given = {"model": "data/search_model", "max_new_tokens": tasks.SEARCH_MAX_NEW_TOKENS, **given}
     return apply_preset(given.pop("algo", Config().algo), given)
@@ -1814,7 +1908,7 @@ def main(argv=None):
         check_config(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
         init_distributed(cfg)
         loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
-    except (ValueError, OSError) as e:  # UserError, the data / model loaders' file:line errors, missing files
+    except UserError as e:  # (the loaders' file:line errors arrive as UserError: see input_errors)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, also before the process group exists
             print(f"a3po: error: {e}", file=sys.stderr)
         shutdown_distributed()

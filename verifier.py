@@ -2061,8 +2061,40 @@ def _decimal_comma(s):
     return None
 
 
-def is_equivalent(pred, gold):
-    """Are pred and gold the same mathematical answer? (rules at the top of the file)"""
+def _numeral(s):
+    """Is s (canonical) a number written out: an integer, a decimal, e-notation, a fraction of
+    two integers in lowest terms, or a mixed number? Not an expression still to evaluate."""
+    body = s[1:] if s[:1] == '-' else s
+    if _precision(body) is not None:
+        return True
+    if body.startswith('(') and body.endswith(')') and '+' in body:  # "1 1/2" -> "(1+\\frac{1}{2})"
+        whole, _, frac = body[1:-1].partition('+')
+        return _is_digits(whole) and _numeral(frac)
+    if body.startswith('\\frac{') and body.endswith('}') and '}{' in body:
+        a, _, b = body[6:-1].partition('}{')
+    else:
+        a, _, b = body.partition('/')
+    return (_is_digits(a) and _is_digits(b) and int(b) > 1
+            and math.gcd(int(a), int(b)) == 1)
+
+
+def _written_numbers(node):
+    """The parts of an analysed answer that are numbers written out ("x = 26" gives 26;
+    "12+11+3 = 26" gives 26; "26 = 12+11+3" and "\\frac{56-6}{5}" give nothing), or None."""
+    if node[0] == 'list' and len(node[1]) == 1:
+        return _written_numbers(node[1][0])
+    if node[0] == 'named':
+        return _written_numbers(node[1])
+    if node[0] == 'alt':  # "x = 1/3 \\approx 0.33": only the written forms may match
+        parts = [x for x in map(_written_numbers, node[1]) if x is not None]
+        return None if not parts else parts[0] if len(parts) == 1 else ('alt', tuple(parts))
+    return node if node[0] == 'leaf' and _numeral(node[1]) else None
+
+
+def is_equivalent(pred, gold, number_only=False):
+    """Are pred and gold the same mathematical answer? (rules at the top of the file)
+    number_only=True: against a gold that is a number, pred must be a number written out
+    (see score)."""
     try:
         p, g = _as_text(pred), _as_text(gold)
         if p is None or g is None:
@@ -2080,7 +2112,13 @@ def is_equivalent(pred, gold):
         if pc == gc:
             return True
         percent = _has_percent(g) and not _has_percent(p)
-        if _same(_analyse(pc), _analyse(gc), percent):
+        pa, ga = _analyse(pc), _analyse(gc)
+        numeric = number_only and _written_numbers(ga) is not None
+        if numeric:  # the gold is a number: only what pred writes out as a number may match
+            pa = _written_numbers(pa)
+            if pa is None:
+                return False
+        if _same(pa, ga, percent):
             return True
         # a decimal comma ("1,22", "0,111", "1000,99") against a decimal written with a point
         pd, gd = _decimal_comma(pc), _decimal_comma(gc)
@@ -2093,15 +2131,21 @@ def is_equivalent(pred, gold):
         return False
 
 
-def score(response, gold, fallback=False, last_number=False):
+def score(response, gold, fallback=False, last_number=False, number_only=False):
     """1.0 if the response's final answer matches gold, else 0.0. Never raises.
-    fallback=True (or its old name last_number=True): see extract_answer."""
+    fallback=True (or its old name last_number=True): see extract_answer.
+    number_only=True, for tasks that ask to compute a number (the reward of the synthetic
+    task, the search task, GSM8K): against a gold that is a number, the answer must be a
+    number written out (integer, decimal, fraction in lowest terms, mixed number; units,
+    currency and percent as the default reading allows), so restating the question's
+    arithmetic unevaluated ("12+11+3", "\\frac{56-6}{5}", "2 \\cdot 7") earns nothing.
+    The default (False) accepts any mathematically equal answer."""
     try:
         answer = extract_answer(response, fallback, last_number)
         gold = gold_text(gold)
         if answer is None or gold is None:
             return 0.0
-        return 1.0 if is_equivalent(answer, gold) else 0.0
+        return 1.0 if is_equivalent(answer, gold, number_only) else 0.0
     except Exception:
         return 0.0
 

@@ -67,14 +67,13 @@ VARIANTS = {
     "nsr": (["--algo", "nsr"], "preset", "negative samples only (A = R - 1)"),
     "w-reinforce": (["--algo", "w-reinforce"], "preset", "negatives weighted up: A = 0.1 if right, -1 if wrong"),
     "a3po": (["--algo", "a3po"], "preset", "DAPO + asymmetric, adaptive token boost (A3PO)"),
-    "a3po-pos-high": (["--algo", "a3po", "--pos-tail", "high"], "ablation",
+    "a3po-pos-high": (["--algo", "a3po", "--pos-tail", "confident"], "ablation",
                       "positive samples: boost HIGH-prob tokens (A3PO: low)"),
-    "a3po-neg-low": (["--algo", "a3po", "--neg-tail", "low"], "ablation",
+    "a3po-neg-low": (["--algo", "a3po", "--neg-tail", "uncertain"], "ablation",
                      "negative samples: boost LOW-prob tokens (A3PO: high)"),
-    # Select by entropy with the SAME intent: a low-probability choice happens where entropy is
-    # high, a confident (high-probability) one where it is low. Keeping the prob tails would
-    # change two things at once (the criterion and which tokens are meant).
-    "a3po-entropy": (["--algo", "a3po", "--token-criterion", "entropy", "--pos-tail", "high", "--neg-tail", "low"],
+    # The tails are named by intent, so the entropy criterion alone means the same tokens: a
+    # low-probability choice where entropy is high, a confident one where it is low.
+    "a3po-entropy": (["--algo", "a3po", "--token-criterion", "entropy"],
                      "ablation", "select by entropy (pos: high, neg: low) instead of probability"),
     "a3po-constant": (["--algo", "a3po", "--alpha-schedule", "constant"], "ablation",
                       "constant boost alpha0 (A3PO: decays linearly to 1)"),

@@ -31,6 +31,10 @@ class Problem:
     prompt: str  # the question as a person would write it (no instruction, no chat markup)
     answer: str  # gold final answer, as text ("72", "\\frac{1}{2}")
     solution: str | None = None  # a worked solution when the source has one (synthetic task)
+    # The problem asks to compute a number: the reward wants it written out (verifier.score's
+    # number_only), so boxing the question's own arithmetic unevaluated earns nothing. True for
+    # GSM8K and our tasks; MATH-style problems keep full equivalence (sqrt(3)/3 = 1/sqrt(3)).
+    numeric: bool = False
     source: str | None = field(default=None, compare=False)  # "file:line" of a problem read from a file, for errors
 
 
@@ -96,7 +100,8 @@ def gsm8k_problem(record):
     answer = record.get("answer")
     if not isinstance(answer, str) or "####" not in answer:
         raise ValueError("GSM8K 'answer' must be a string ending in '#### <final answer>'")
-    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.gsm8k_gold(answer), "after '####'"))
+    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.gsm8k_gold(answer), "after '####'"),
+                   numeric=True)
 
 
 def math_problem(record):
@@ -367,7 +372,7 @@ def chain_problem(chain, rng, style="mixed"):
         text = word_text(chain, rng)
     else:
         raise ValueError(f"style must be 'expr', 'word' or 'mixed', got {style!r}")
-    return Problem(prompt=text, answer=str(chain_value(chain)), solution=worked_solution(chain))
+    return Problem(prompt=text, answer=str(chain_value(chain)), solution=worked_solution(chain), numeric=True)
 
 
 def synthetic_problems(n, seed, split="train", level=DEFAULT_LEVEL, style="mixed"):
@@ -494,5 +499,6 @@ def search_problems(n, seed, split="train"):
     problems = []
     for i, s in enumerate(sample_searches(n, seed, split)):
         rng = random.Random(f"search-solution/{seed}/{split}/{i}")
-        problems.append(Problem(prompt=search_text(s), answer=str(s.n), solution=search_solution(s, rng)))
+        problems.append(Problem(prompt=search_text(s), answer=str(s.n), solution=search_solution(s, rng),
+                                numeric=True))
     return problems

@@ -66,9 +66,13 @@ def ref_shape(adv, old_logp, mask, step, S, cfg, entropy=None, seed=0):
     if not cfg.token_shaping:
         return out, set(), set()
     vals = old_logp if cfg.token_criterion == "prob" else entropy
+    # uncertain tokens: low probability, or high entropy; confident ones the other end
+    ends = {("prob", "uncertain"): "low", ("prob", "confident"): "high",
+            ("entropy", "uncertain"): "high", ("entropy", "confident"): "low"}
+    pos_end, neg_end = ends[cfg.token_criterion, cfg.pos_tail], ends[cfg.token_criterion, cfg.neg_tail]
     g = torch.Generator().manual_seed(seed)
-    pos = ref_select(vals, [[mask[b][t] and adv[b] > 0 for t in range(T)] for b in range(B)], cfg.rho_pos, cfg.pos_tail, g)
-    neg = ref_select(vals, [[mask[b][t] and adv[b] < 0 for t in range(T)] for b in range(B)], cfg.rho_neg, cfg.neg_tail, g)
+    pos = ref_select(vals, [[mask[b][t] and adv[b] > 0 for t in range(T)] for b in range(B)], cfg.rho_pos, pos_end, g)
+    neg = ref_select(vals, [[mask[b][t] and adv[b] < 0 for t in range(T)] for b in range(B)], cfg.rho_neg, neg_end, g)
     Sd = cfg.alpha_decay_steps or S
     ap, an = ref_alpha(cfg.alpha0_pos, step, Sd, cfg.alpha_schedule), ref_alpha(cfg.alpha0_neg, step, Sd, cfg.alpha_schedule)
     for b, t in pos:
@@ -147,7 +151,7 @@ def test_default_config_is_a3po_with_the_method_defaults():
     c = a3po.Config()
     assert c == a3po.apply_preset("a3po")
     assert (c.rho_pos, c.rho_neg, c.alpha0_pos, c.alpha0_neg) == (0.2, 0.2, 2.0, 2.0)
-    assert (c.alpha_schedule, c.alpha_decay_steps, c.pos_tail, c.neg_tail) == ("linear", None, "low", "high")
+    assert (c.alpha_schedule, c.alpha_decay_steps, c.pos_tail, c.neg_tail) == ("linear", None, "uncertain", "confident")
     assert (c.clip_c, c.kl_coef, c.token_criterion) == (None, 0.0, "prob")
 
 
@@ -222,9 +226,9 @@ def test_group_advantages_bad_input():
 
 def test_raw_advantages_and_group_is_mixed():
     r = torch.tensor([1.0, 0, 1, 0])
-    assert a3po.reward_to_raw_advantage(r, "psr").tolist() == [1, 0, 1, 0]
-    assert a3po.reward_to_raw_advantage(r, "nsr").tolist() == [0, -1, 0, -1]
-    assert torch.allclose(a3po.reward_to_raw_advantage(r, "w-reinforce", 0.1), torch.tensor([0.1, -1, 0.1, -1]))
+    assert a3po.reward_to_raw_advantage(r, r, "psr").tolist() == [1, 0, 1, 0]
+    assert a3po.reward_to_raw_advantage(r, r, "nsr").tolist() == [0, -1, 0, -1]
+    assert torch.allclose(a3po.reward_to_raw_advantage(r, r, "w-reinforce", 0.1), torch.tensor([0.1, -1, 0.1, -1]))
     for name, want in (("psr", [1, 0, 1, 0]), ("nsr", [0, -1, 0, -1])):
         assert a3po.compute_advantages(r, 2, a3po.apply_preset(name)).tolist() == want
     assert torch.allclose(a3po.compute_advantages(r, 2, a3po.apply_preset("w-reinforce")),
@@ -246,6 +250,53 @@ def test_dynamic_sampling_filters_on_correctness_not_on_the_shaped_reward():
     # penalties of the all-wrong group full-size advantages
     assert bool(reward[:4].max() != reward[:4].min())
     assert a3po.compute_advantages(reward, 4, a3po.Config())[:4].abs().max() > 0.8
+    # given the correctness, the advantage judges the group as dynamic sampling does: nothing to learn
+    assert a3po.compute_advantages(reward, 4, a3po.Config(), correct)[:4].tolist() == [0, 0, 0, 0]
+
+
+def ref_penalised_adv(rewards, correct, G, cfg):
+    """float64 loops: the advantage of shaped rewards, with correctness deciding the polarity."""
+    out = []
+    for g in range(0, len(rewards), G):
+        r, c = [float(x) for x in rewards[g:g + G]], [float(x) for x in correct[g:g + G]]
+        if cfg.adv_norm == "raw":
+            lam = cfg.wreinforce_lambda
+            a = [{"psr": x, "nsr": x - 1, "w-reinforce": lam * x if ci > 0 else x - 1}[cfg.raw_adv] for x, ci in zip(r, c)]
+        elif max(c) == min(c):
+            a = [0.0] * G
+        else:
+            a = ref_group_adv(r, G, cfg.adv_norm, cfg.adv_eps)
+        out += [max(x, 0.0) if ci > 0 else min(x, 0.0) for x, ci in zip(a, c)]
+    return out
+
+
+def test_overlong_penalty_shapes_sizes_but_correctness_decides_polarity():
+    # an all-wrong group of different lengths: no advantage (the length-shaped rewards alone
+    # would make the shortest wrong answer a full-size positive sample: [-0.5, -0.5, -0.5, 1.5])
+    rewards, correct = torch.tensor([-1.0, -1, -1, 0]), torch.zeros(4)
+    assert a3po.compute_advantages(rewards, 4, a3po.Config()).tolist() == pytest.approx([-0.5, -0.5, -0.5, 1.5], abs=1e-5)
+    assert a3po.compute_advantages(rewards, 4, a3po.Config(), correct).tolist() == [0, 0, 0, 0]
+    # W-REINFORCE: a right answer at the length limit (reward 1 - 1 = 0) is not punished as wrong (-1)
+    wr = a3po.apply_preset("w-reinforce")
+    assert a3po.compute_advantages(torch.tensor([0.0, 0.0]), 2, wr, torch.tensor([1.0, 0.0])).tolist() == [0, -1]
+    # a mixed group: a long right answer is pushed up less than a short one, never down; a short
+    # wrong answer beside two truncated ones is above the group mean, yet never pushed up
+    rewards, correct = torch.tensor([1.0, 0.1, -1.0, -1.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])
+    assert a3po.compute_advantages(rewards, 5, a3po.Config())[4] > 0
+    adv = a3po.compute_advantages(rewards, 5, a3po.Config(), correct)
+    assert adv[0] > adv[1] > 0 and adv[2] == adv[3] < 0 and adv[4] == 0
+    # random batches against float64 loops, every preset's advantage
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        G = [2, 4, 8][trial % 3]
+        correct = (torch.rand(6 * G, generator=g) < 0.5).float()
+        penalty = -(torch.rand(6 * G, generator=g) < 0.4).float() * torch.rand(6 * G, generator=g).round(decimals=1)
+        cfg = a3po.apply_preset(["a3po", "grpo", "psr", "nsr", "w-reinforce", "a3po"][trial % 6],
+                                dict(adv_norm="none") if trial % 6 == 5 else None)
+        got = a3po.compute_advantages(correct + penalty, G, cfg, correct)
+        want = ref_penalised_adv((correct + penalty).tolist(), correct.tolist(), G, cfg)
+        assert torch.allclose(got, torch.tensor(want, dtype=torch.float32), atol=1e-5), (trial, got, want)
+        assert ((got >= 0) | (correct == 0)).all() and ((got <= 0) | (correct == 1)).all()
 
 
 def test_overlong_penalty():
@@ -319,7 +370,7 @@ def test_shape_advantages_hand_worked():
     tok, bp2, _ = shape(adv, old_logp, mask, 10, 10, cfg)
     assert tok.tolist() == [[1, 1, 1, 0], [-1, -1, -1, -1], [0, 0, 0, 0]] and torch.equal(bp2, bp)
     # the opposite tails: highest-p positive token, lowest-p negative token
-    c = dataclasses.replace(cfg, pos_tail="high", neg_tail="low", rho_pos=0.5, rho_neg=0.5)
+    c = dataclasses.replace(cfg, pos_tail="confident", neg_tail="uncertain", rho_pos=0.5, rho_neg=0.5)
     _, bp, bn = shape(adv, old_logp, mask, 0, 10, c)
     assert bp.nonzero().tolist() == [[0, 0], [0, 2]] and bn.nonzero().tolist() == [[1, 1], [1, 3]]
     # polarity weights apply before the boost; alpha_decay_steps overrides total_steps
@@ -335,11 +386,16 @@ def test_shape_advantages_tiny_groups_and_entropy():
     # a single one-token positive answer still gets its token boosted; an empty polarity none
     tok, bp, bn = shape(torch.tensor([1.0]), torch.tensor([[-0.3]]), torch.ones(1, 1, dtype=torch.bool), 0, 10, a3po.Config())
     assert tok.tolist() == [[2.0]] and bp.all() and not bn.any()
-    # entropy criterion: the highest-entropy tokens of the negative answer
+    # entropy criterion alone keeps A3PO's intent: the most uncertain (highest-entropy) token of
+    # the positive answer, the most confident (lowest-entropy) one of the negative answer
     adv, old_logp, mask = _hand_batch()
-    ent = torch.tensor([[0.1, 0.2, 0.3, 9.0], [1.0, 0.5, 2.0, 0.1], [0, 0, 0, 0]])
-    c = dataclasses.replace(a3po.Config(), token_criterion="entropy", neg_tail="high", pos_tail="low")
+    ent = torch.tensor([[0.1, 0.2, 9.0, 0.0], [1.0, 0.5, 2.0, 0.1], [0, 0, 0, 0]])
+    c = dataclasses.replace(a3po.Config(), token_criterion="entropy")
     _, bp, bn = shape(adv, old_logp, mask, 0, 10, c, entropy=ent)
+    assert bp.nonzero().tolist() == [[0, 2]] and bn.nonzero().tolist() == [[1, 3]]
+    # and the opposite ends when asked for
+    _, bp, bn = shape(adv, old_logp, mask, 0, 10, dataclasses.replace(c, pos_tail="confident", neg_tail="uncertain"),
+                      entropy=ent)
     assert bp.nonzero().tolist() == [[0, 0]] and bn.nonzero().tolist() == [[1, 2]]
     with pytest.raises(AssertionError, match="entropy"):
         shape(adv, old_logp, mask, 0, 10, c)
@@ -388,7 +444,8 @@ def test_shape_advantages_random_vs_loops(seed):
     cfg = dataclasses.replace(
         a3po.Config(), rho_pos=[0.2, 0.35, 1.0, 0.0, 0.1, 0.5][seed], rho_neg=[0.2, 0.15, 0.6, 0.3, 1.0, 0.0][seed],
         alpha0_pos=1.5 + seed, alpha0_neg=3.0 - 0.4 * seed, alpha_schedule=["linear", "cosine", "constant"][seed % 3],
-        token_criterion=["prob", "entropy"][seed % 2], pos_tail=["low", "high"][seed // 3], neg_tail=["high", "low"][seed % 2],
+        token_criterion=["prob", "entropy"][seed % 2], pos_tail=["uncertain", "confident"][seed // 3],
+        neg_tail=["confident", "uncertain"][seed % 2],
         w_pos=[1.0, 0.5][seed % 2], w_neg=[1.0, 2.0][seed // 3])
     step, S = [0, 3, 5, 10, 15, 7][seed], 10
     tok, bp, bn = shape(adv, old_logp, mask, step, S, cfg, entropy=ent, seed=seed)

@@ -226,7 +226,7 @@ def test_stopped_torchrun_run_resumes_to_what_one_process_logs(tiny, straight, t
         == list(range(1, stopped + 1))
     assert not (run / "lock").exists()
 
-    proc = subprocess.run(torchrun("a3po.py", "--resume", str(run), "--steps", "4"), capture_output=True, text=True,
+    proc = subprocess.run(torchrun("a3po.py", "--resume", str(run), "--override", "--steps", "4"), capture_output=True, text=True,
                           timeout=120, env=env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = read_jsonl(straight / "metrics.jsonl"), read_jsonl(run / "metrics.jsonl")
@@ -240,6 +240,18 @@ def test_stopped_torchrun_run_resumes_to_what_one_process_logs(tiny, straight, t
     with open(run / "config.json") as f:
         assert json.load(f)["fsdp"] == (mode == "fsdp")
     assert not (run / "lock").exists()
+
+
+def test_fsdp_evaluation_with_fewer_problems_than_processes(tiny, tmp_path):
+    """--eval-size 1 on 2 processes: one process has no held-out problem, yet it takes part in
+    gathering the sharded weights for sampling (a collective), so the run finishes."""
+    run = tmp_path / "run"
+    proc = subprocess.run(torchrun("a3po.py", *tiny_args(tiny, run, "--steps", "1", "--fsdp", "--eval-size", "1",
+                                                         "--threads", "1")),
+                          capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [m for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "eval"]
+    assert [m["step"] for m in evals] == [0, 1] and "pass@1: " in proc.stdout
 
 
 # ----------------------------------------------------------------------------- faults

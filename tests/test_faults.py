@@ -61,7 +61,7 @@ def test_signal_stops_after_the_step_saves_and_exits_non_zero(tiny, tmp_path, si
     assert step >= 1 and [m["step"] for m in train_lines(run)] == list(range(1, step + 1))
     assert not (run / "lock").exists()
     # and the run continues from there
-    resumed = a3po_process(["--resume", str(run), "--steps", str(step + 1)])
+    resumed = a3po_process(["--resume", str(run), "--override", "--steps", str(step + 1)])
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert [m["step"] for m in train_lines(run)] == list(range(1, step + 2))
@@ -118,7 +118,7 @@ def test_resume_drops_a_torn_last_metrics_line(tiny, tmp_path, capsys):
     a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "2")))
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "split": "tra')  # the disk filled during an append
-    a3po.train(a3po.parse_config(["--resume", str(run), "--steps", "3"]))
+    a3po.train(a3po.parse_config(["--resume", str(run), "--override", "--steps", "3"]))
     assert "dropped a torn last line" in capsys.readouterr().out
     assert [m["step"] for m in train_lines(run)] == [1, 2, 3]
     # a bad line that is not the last one is not a torn append: an error naming file:line
@@ -126,7 +126,7 @@ def test_resume_drops_a_torn_last_metrics_line(tiny, tmp_path, capsys):
     lines[1] = lines[1][:10]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
-        a3po.prepare(a3po.parse_config(["--resume", str(run), "--steps", "4"]))
+        a3po.prepare(a3po.parse_config(["--resume", str(run), "--override", "--steps", "4"]))
 
 
 def test_corrupt_run_files_are_named(tiny, tmp_path):
@@ -143,12 +143,12 @@ def test_corrupt_run_files_are_named(tiny, tmp_path):
     state = run / "checkpoint" / "trainer_state.json"
     good_state = state.read_text()
     state.write_text(good_state[:-20])
-    assert "trainer_state.json: corrupt trainer state" in user_error(["--resume", str(run), "--steps", "2"])
+    assert "trainer_state.json: corrupt trainer state" in user_error(["--resume", str(run), "--override", "--steps", "2"])
     state.write_text(good_state)
 
     opt = run / "checkpoint" / "optimizer.safetensors"
     opt.write_bytes(opt.read_bytes()[:100])
-    assert "optimizer.safetensors: cannot restore the optimizer" in user_error(["--resume", str(run), "--steps", "2"])
+    assert "optimizer.safetensors: cannot restore the optimizer" in user_error(["--resume", str(run), "--override", "--steps", "2"])
 
 
 def test_held_out_problem_too_long_is_named_by_its_file_and_line(tiny, tmp_path):
@@ -212,3 +212,47 @@ def test_a_checkpoint_without_eos_needs_eos_token(tiny, tmp_path):
     result = a3po.train(a3po.parse_config(args + ["--eos-token", "<eos>"]))
     assert result["after"] is not None
     assert model.load(str(tmp_path / "run" / "checkpoint"))[1].eos_ids == [1]
+
+
+def test_resume_refuses_changed_settings_unless_overridden(tiny, tmp_path):
+    """--resume continues a run with its saved settings: a flag that would change one is refused
+    (config.json untouched); with --override it is applied and recorded in changes.jsonl, and
+    the schedules keep the horizons the run started with."""
+    run = tmp_path / "run"
+    a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "2", "--lr-schedule", "cosine")))
+    config = (run / "config.json").read_text()
+    saved = json.loads(config)
+    assert (saved["alpha_decay_steps"], saved["lr_decay_steps"]) == (2, 2)  # resolved, so an extension keeps them
+    msg = user_error(["--resume", str(run), "--lr", "1e-3", "--steps", "5"])
+    assert "--lr 0.001 (saved: 0.003)" in msg and "--steps 5 (saved: 2)" in msg and "--override" in msg
+    assert (run / "config.json").read_text() == config and not (run / "changes.jsonl").exists()
+    # flags equal to the saved values, and how-to-run flags, are not changes
+    a3po.parse_config(["--resume", str(run), "--steps", "2", "--lr", "3e-3", "--threads", "1"])
+
+    a3po.train(a3po.parse_config(["--resume", str(run), "--override", "--steps", "4"]))
+    assert read_jsonl(run / "changes.jsonl") == [dict(from_step=3, changed=dict(steps=[2, 4]))]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["alpha_decay_steps"] == 2 and "override" in saved
+    extended = train_lines(run)
+    # the boost decays over the run's own 2 steps and stays at 1 after them (a fresh 4-step run
+    # gives 2, 1.75, 1.5, 1.25); so does the learning rate's cosine (0 from its horizon on)
+    assert [m["alpha_pos"] for m in extended] == [2.0, 1.5, 1.0, 1.0]
+    assert [m["lr"] for m in extended][2:] == [0.0, 0.0]
+    # --override is said for one resume only
+    assert "--steps 6 (saved: 4)" in user_error(["--resume", str(run), "--steps", "6"])
+
+
+def test_a_bug_during_set_up_keeps_its_traceback(tiny, tmp_path, monkeypatch):
+    """Only errors about the user's input are one-line errors: a ValueError from a bug in the
+    set-up propagates with its traceback, while the loaders' file errors exit 2."""
+    def buggy(cfg):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(a3po, "load_data", buggy)
+    with pytest.raises(ValueError, match="an internal bug"):
+        a3po.main(tiny_args(tiny, tmp_path / "r"))
+    monkeypatch.undo()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"q": "q1", "a": "1"}\nnot json\n')
+    with pytest.raises(SystemExit) as e:
+        a3po.main(tiny_args(tiny, tmp_path / "r2", "--eval-data", str(bad)))
+    assert e.value.code == 2

@@ -341,7 +341,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     settings = dict(steps=4, eval_every=2, eval_size=8, eval_k=[1, 4, 16], extra=["--lr", "1e-3"])
     run_dir = polarity.run_dir_of(str(tmp_path), "a3po-entropy", 2)
     cmd = polarity.run_command("a3po-entropy", 2, settings, run_dir)
-    assert cmd[2:] == ["--algo", "a3po", "--token-criterion", "entropy", "--pos-tail", "high", "--neg-tail", "low",
+    assert cmd[2:] == ["--algo", "a3po", "--token-criterion", "entropy",
                        "--seed", "2", "--run-dir", run_dir, "--steps", "4", "--eval-every", "2", "--save-every", "2",
                        "--eval-size", "8", "--eval-k", "1", "4", "16", "--lr", "1e-3"]
     os.makedirs(os.path.join(run_dir, "checkpoint"))
