@@ -909,6 +909,7 @@ class Rollout:  # one sampled response and what the verifier made of it
     correct: float          # verifier score: 1 right, 0 wrong
     reward: float           # correct + the overlong penalty when on (method 4)
     truncated: bool         # stopped by --max-new-tokens, no EOS
+    logprobs: list = field(default_factory=list)  # the sampler's log-prob of each response token
 
 
 @dataclass
@@ -921,6 +922,7 @@ class Batch:  # the step's kept rollouts as tensors: B = prompts_per_step * grou
     reward: torch.Tensor      # [B] verifier score + overlong penalty
     correct: torch.Tensor     # [B] verifier score (1 / 0)
     truncated: torch.Tensor   # [B] bool
+    sample_logp: torch.Tensor  # [B, T] the sampler's log-probs of the response tokens, 0 on padding
 
 
 def overlong_cache(cfg: Config) -> int:
@@ -943,22 +945,31 @@ def eval_keys(cfg: Config, problems: range, n: int) -> torch.Tensor:
     return model.hash64(cfg.seed, 2, i, torch.arange(n).repeat(len(problems)))
 
 
+def weights_version(policy) -> int | None:
+    """How many optimizer steps this process took on the policy (load_policy starts the count):
+    model.generate keeps its decode copies of the weights while it stays the same. None for a
+    model the trainer did not load: generate then makes the copies for each call."""
+    return getattr(policy, "optimizer_steps", None)
+
+
 def rollout_groups(policy, tok, cfg: Config, problems, prompts, keys) -> tuple[list[Rollout], float, float]:
     """P problems -> P * group_size scored rollouts (rows g*G .. g*G+G-1 answer problem g),
     sampled with `keys` [P * G] (train_keys), with the seconds spent generating and scoring."""
     seqs = [p for p in prompts for _ in range(cfg.group_size)]
     chunk = cfg.gen_batch_size or max(len(seqs), 1)
     t0 = time.time()
-    responses = []
+    responses, logprobs = [], []
     for s in range(0, len(seqs), chunk):
-        responses += model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk])[0]
+        r, lp = model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                               eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk], weights_version=weights_version(policy))
+        responses, logprobs = responses + r, logprobs + lp
     t1 = time.time()
     out = []
     for i, (prompt, response) in enumerate(zip(seqs, responses)):
         problem, text = problems[i // cfg.group_size], tok.decode(response)
         correct = reward(text, problem)
-        out.append(Rollout(prompt, response, text, problem, correct, correct, response[-1] not in tok.eos_ids))
+        out.append(Rollout(prompt, response, text, problem, correct, correct, response[-1] not in tok.eos_ids,
+                           logprobs[i]))
     if cfg.overlong_penalty:
         penalty = overlong_reward_penalty(torch.tensor([len(r.response) for r in out]), cfg.max_new_tokens,
                                           overlong_cache(cfg), cfg.overlong_penalty_factor)
@@ -975,13 +986,16 @@ def collate(rollouts: list[Rollout], pad_id: int, device) -> Batch:
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     targets = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.bool)
+    sample_logp = torch.zeros(B, T)
     for i, r in enumerate(rollouts):
         ids[i, :len(r.prompt) + len(r.response)] = torch.tensor(r.prompt + r.response)
         targets[i, :len(r.response)] = torch.tensor(r.response)
         mask[i, :len(r.response)] = True
+        sample_logp[i, :len(r.logprobs)] = torch.tensor(r.logprobs)
     col = lambda k: torch.tensor([getattr(r, k) for r in rollouts], device=device)
     return Batch(rollouts, ids.to(device), torch.tensor([len(r.prompt) for r in rollouts], device=device),
-                 targets.to(device), mask.to(device), col("reward"), col("correct"), col("truncated"))
+                 targets.to(device), mask.to(device), col("reward"), col("correct"), col("truncated"),
+                 sample_logp.to(device))
 
 
 @torch.no_grad()
@@ -1054,6 +1068,15 @@ def response_logprobs(policy, batch: Batch, rows: slice, cfg: Config, with_entro
     return scatter(logp), (scatter(ent) if with_entropy else None)
 
 
+def pi_old_from_update(cfg: Config) -> bool:
+    """One PPO epoch and no reference model: the update's own forward runs under the weights that
+    sampled, so it IS pi_old (detached; the ratio is exactly 1) and no separate pass is needed.
+    A3PO's batch-wide selection, which needs every token's pi_old before the loss, then ranks
+    by the sampler's log-probs of the same distribution (method 4). Ranking by entropy needs
+    the separate pass."""
+    return cfg.ppo_epochs == 1 and cfg.kl_coef == 0 and not (cfg.token_shaping and cfg.token_criterion == "entropy")
+
+
 @torch.no_grad()
 def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
     """pi_old log-probs and entropies [B, T] (and the reference model's log-probs when
@@ -1099,8 +1122,10 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
     --micro-batch-size rows and takes ONE optimizer step. The loss is normalised by the whole
     batch's token / sequence counts, so the summed micro-batch gradients equal the full batch's.
     A pass whose loss or gradient norm is not finite is skipped (no optimizer step).
+    old_logp None (pi_old_from_update, one epoch): pi_old is this forward's own log-probs, detached.
 
-    Returns (one dict per epoch, tokens processed). An epoch's numbers describe the whole batch
+    Returns (one dict per epoch, tokens processed, the entropies [B, T] of the forward when it was
+    pi_old, else None). An epoch's numbers describe the whole batch
     under the weights of that pass: token-weighted means of the micro-batches' means, the max of
     their maxima for ratio_max, the full-batch loss, the gradient norm before clipping, skipped.
     Several processes: each runs the micro-batches of its rows with the WHOLE batch's counts,
@@ -1114,16 +1139,22 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
     counts = dict(num_tokens=lens.sum().clamp(min=1), num_seqs=(lens > 0).sum().clamp(min=1))
     reshard_root(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
+    one_pass = old_logp is None
+    assert not one_pass or cfg.ppo_epochs == 1, "pi_old from the update's forward needs one epoch"
+    entropy = torch.zeros(len(mine), batch.mask.shape[1], device=batch.mask.device) if one_pass else None
     epochs, tokens = [], 0
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         loss, sums, n, ratio_max = 0.0, {}, 0.0, 0.0
         for s in range(mine.start, mine.stop, cfg.micro_batch_size):
             rows = slice(s, s + cfg.micro_batch_size)
-            logp, _ = response_logprobs(policy, batch, rows, cfg)                 # [b, T]
+            logp, ent = response_logprobs(policy, batch, rows, cfg, with_entropy=one_pass)  # [b, T]
             T = logp.shape[1]
+            if one_pass:
+                entropy[s - mine.start:s - mine.start + logp.shape[0], :T] = ent.detach()
+            old = logp.detach() if one_pass else old_logp[rows, :T]
             ref = None if ref_logp is None else ref_logp[rows, :T]
-            mb_loss, st = policy_loss(logp, old_logp[rows, :T], token_adv[rows, :T], loss_mask[rows, :T], cfg,
+            mb_loss, st = policy_loss(logp, old, token_adv[rows, :T], loss_mask[rows, :T], cfg,
                                       ref_logp=ref, **counts)
             mb_loss.backward()
             loss += mb_loss.item()  # a share of the full-batch loss (normalised by the batch's counts)
@@ -1150,9 +1181,11 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
             optimizer.zero_grad(set_to_none=True)  # the weights and Adam moments stay as they were
         else:
             optimizer.step()
+            if weights_version(policy) is not None:
+                policy.optimizer_steps += 1
         epochs.append(dict({k: v / max(n, 1.0) for k, v in sums.items()}, ratio_max=ratio_max, loss=loss,
                            grad_norm=grad_norm, skipped=skipped))
-    return epochs, int(all_reduce_floats([tokens])[0])
+    return epochs, int(all_reduce_floats([tokens])[0]), (all_gather_rows(entropy) if one_pass else None)
 
 
 # ----------------------------------------------------------------------------- metrics (method 6)
@@ -1213,8 +1246,10 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
                                                          step, device)
     t1 = time.time()
-    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them.
-    old_logp, entropy, ref_logp = old_logprobs(policy, ref_policy, batch, cfg)          # [B, T]
+    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them;
+    #    with one epoch and no reference model, the update's own forward (see pi_old_from_update).
+    one_pass = pi_old_from_update(cfg)
+    old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
     t2 = time.time()
     # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
     #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
@@ -1222,12 +1257,15 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
     alphas = boost_factors(step - 1, cfg)
     tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
-    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, old_logp, loss_mask, alphas, cfg, entropy,
+    rank_by = batch.sample_logp if one_pass else old_logp                               # [B, T]
+    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, rank_by, loss_mask, alphas, cfg, entropy,
                                                            tie_break)                   # [B, T]
     # 4. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    epochs, train_tokens = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask, ref_logp, cfg)
+    epochs, train_tokens, update_entropy = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask,
+                                                      ref_logp, cfg)
+    entropy = update_entropy if one_pass else entropy
     t3 = time.time()
 
     m = dict(step=step, split="train",
@@ -1291,10 +1329,11 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
         for s in range(0, len(seqs), cfg.eval_batch_size):
             sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
                                       cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
-                                      row_keys=keys[s:s + cfg.eval_batch_size])[0]
+                                      row_keys=keys[s:s + cfg.eval_batch_size], weights_version=weights_version(policy))[0]
         for s in range(mine.start, mine.stop, cfg.eval_batch_size):
             greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
-                                     cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids)[0]
+                                     cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids,
+                                     weights_version=weights_version(policy))[0]
     for j, i in enumerate(mine):
         rs = sampled[j * n:(j + 1) * n]
         texts = [tok.decode(r) for r in rs]
@@ -1607,6 +1646,19 @@ def record_changes(run_dir: str, cfg: Config, step: int):
         append_jsonl(os.path.join(run_dir, "changes.jsonl"), dict(from_step=step + 1, changed=changed))
 
 
+def make_optimizer(policy, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel over every parameter instead of a loop of small ops per tensor)
+    where this torch offers it for the device; the same update either way. Not under --fsdp,
+    whose sharded parameters keep the plain loop."""
+    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not cfg.fsdp:
+        try:
+            return torch.optim.AdamW(policy.parameters(), fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # an older torch: fused AdamW is CUDA-only there
+            pass
+    return torch.optim.AdamW(policy.parameters(), **kw)
+
+
 def load_policy(path: str, cfg: Config, device):
     """model.load (which refuses non-finite weights, naming the tensor) + an EOS to end responses."""
     with input_errors():
@@ -1615,6 +1667,7 @@ def load_policy(path: str, cfg: Config, device):
             model.set_eos(tok, cfg.eos_token)
     need(bool(tok.eos_ids), f"{path}: its config files name no EOS token, so responses could never end: "
          f"pass --eos-token TOKEN (e.g. --eos-token '<|im_end|>')")
+    policy.optimizer_steps = 0  # (see weights_version)
     return policy, tok
 
 
@@ -1663,7 +1716,7 @@ def prepare(cfg: Config) -> Run:
         if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
             policy = shard_model(policy)
             ref_policy = ref_policy if ref_policy is None else shard_model(ref_policy)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(policy, cfg)
         if rank == 0:
             with input_errors():  # (e.g. a --run-dir where we may not write)
                 os.makedirs(run_dir, exist_ok=True)

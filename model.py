@@ -716,11 +716,31 @@ def _inverse_cdf(e, top_p, top_k, u):
         before = sorted_e.cumsum(-1) - sorted_e  # mass of the more likely tokens
         drop = before > top_p * sorted_e.sum(-1, keepdim=True)
         e = e.masked_fill(drop.scatter(-1, idx, drop), 0.0)
-    # float64 running sum: in float32 the increments of tail tokens (p < 1e-8) round away and
-    # the tail would be sampled with the wrong probabilities.
-    c = e.double().cumsum_(-1)  # [B, V]
-    # first index with c > u * total: its probability c[i] - c[i-1] is > 0, so a masked token never wins
-    return torch.searchsorted(c, u * c[:, -1:], right=True).clamp_(max=e.shape[-1] - 1)
+    return _two_level_search(e, u)
+
+
+CDF_BLOCK = 256  # tokens per block of the two-level inverse CDF
+
+
+def _two_level_search(e, u):
+    """Index i with (sum of e before i) <= u * (sum of e) < (sum up to i), for e [B, V] >= 0,
+    u [B, 1] in [0, 1) -> [B, 1], in two levels: the block of CDF_BLOCK tokens that holds that
+    point of the mass, then the token inside it. Running sums are float64, as they must be (in
+    float32 a tail token's increment, p < 1e-8, rounds away and the tail is sampled wrongly), but
+    only over [B, V / CDF_BLOCK] block masses and one [B, CDF_BLOCK] block, never all of [B, V]."""
+    B, V = e.shape
+    nb = -(-V // CDF_BLOCK)
+    blocks = F.pad(e, (0, nb * CDF_BLOCK - V)).view(B, nb, CDF_BLOCK)       # [B, nb, K], zero-padded
+    mass = blocks.sum(-1).double()                                          # [B, nb]
+    cum = mass.cumsum(-1)                                                   # [B, nb]
+    target = u * cum[:, -1:]                                                # [B, 1]
+    # a block of zero mass never holds the point: right=True skips past equal running sums
+    b = torch.searchsorted(cum, target, right=True).clamp_(max=nb - 1)      # [B, 1]
+    inside = ((target - cum.gather(-1, b) + mass.gather(-1, b)) / mass.gather(-1, b)).clamp_(min=0)  # [B, 1] share of the block
+    run = blocks.gather(1, b[:, :, None].expand(B, 1, CDF_BLOCK))[:, 0].double().cumsum_(-1)  # [B, K]
+    j = torch.searchsorted(run, inside * run[:, -1:], right=True)          # [B, 1]
+    last = (run < run[:, -1:]).sum(-1, keepdim=True)                        # the block's last token with mass
+    return b * CDF_BLOCK + torch.minimum(j, last)
 
 
 def _decode_linear(w, b, batch):
@@ -756,12 +776,26 @@ def _decode_linear(w, b, batch):
     return lambda x: F.linear(x, w, b)
 
 
-def _decode_weights(model, batch):
+def _decode_weights(model, batch, version):
     """Per layer (qkv, o, gate_up, down) linears plus the output layer, for _decode_step.
 
     q/k/v and gate/up are concatenated, so each decode step runs 4 matmuls per layer instead
-    of 7 (per-op overhead dominates one-token steps of small models).
+    of 7 (per-op overhead dominates one-token steps of small models). With a weights `version`
+    (see generate) the copies are kept on the model and reused until the version changes; the
+    caller must change it whenever the weights change (an optimizer step need not mark a tensor
+    as written: fused AdamW leaves its version counter alone).
     """
+    if version is None or any(c.__name__ == "FSDPModule" for c in type(model).__mro__):
+        return _make_decode_weights(model, batch)  # (a sharded model keeps no full copy between calls)
+    key = (version, batch == 1, torch.get_num_threads())
+    cached = getattr(model, "_decode_cache", None)
+    if cached is None or cached[0] != key:
+        model._decode_cache = None  # free the old copies before making new ones
+        model._decode_cache = (key, _make_decode_weights(model, batch))
+    return model._decode_cache[1]
+
+
+def _make_decode_weights(model, batch):
     cat = lambda *ts: None if ts[0] is None else torch.cat(ts).detach()
     layers = []
     for layer in model.model.layers:
@@ -820,7 +854,7 @@ def _decode_step(model, weights, tok, cos, sin, caches, s, mask):
 
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-             eos_ids=None, generator=None, row_keys=None):
+             eos_ids=None, generator=None, row_keys=None, weights_version=None):
     """Batched sampling with a preallocated KV cache.
 
     prompts: list of B lists of token ids (ragged). Returns (completions, logprobs): per
@@ -831,6 +865,9 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
     row_keys: None (uniforms drawn from `generator`) or int64 [B], one key per row: row b's
     uniform at decode step t is uniforms(row_keys[b], t), so a row samples the same tokens in
     any batch, chunk or process (up to the float rounding of other batch shapes' matmuls).
+    weights_version: None (the decode copies of the weights are made for this call) or a value
+    that changes whenever the weights do (a trainer's count of optimizer steps): the copies are
+    then kept on the model and made again only when it changes.
     """
     cfg = model.config
     W = model.output_weight
@@ -883,7 +920,7 @@ def generate(model: Transformer, prompts, max_new_tokens, temperature=1.0, top_p
         caches = [(k[inv], v[inv]) for k, v in caches]
         logits, cos, sin = logits[inv], cos[inv], sin[inv]
     cos, sin = cos[:, :, 0], sin[:, :, 0]  # [B, S, hd]
-    weights = _decode_weights(model, B)
+    weights = _decode_weights(model, B, weights_version)
     out_tok = torch.zeros(B, N, dtype=torch.long, device=device)
     out_logp = torch.zeros(B, N, dtype=torch.float32, device=device)
     eos_t = torch.tensor(eos or [-1], device=device)

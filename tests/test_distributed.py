@@ -113,7 +113,7 @@ def run_update_case(model_dir, case, fsdp=False, device="cpu"):
         ref = ref if ref is None else a3po.shard_model(ref)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     old, ent, ref_logp = a3po.old_logprobs(net, ref, batch, cfg)
-    epochs, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, ref_logp, cfg)
+    epochs, _, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, ref_logp, cfg)
     weights = [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone() for p in net.parameters()]
     return weights, epochs
 

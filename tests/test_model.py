@@ -222,6 +222,65 @@ def test_sampling_distribution_is_exact():
         assert (freq - p).abs().max() < 0.015, (temperature, top_k, top_p, freq, p)
 
 
+@pytest.mark.parametrize("batch", list(BATCHES))
+def test_decode_weights_are_reused_until_the_weights_version_changes(pair, batch):
+    """With a weights_version, generate keeps its decode copies of the weights between calls and
+    makes new ones when the version changes (after an optimizer step, fused AdamW included), so
+    decoding always matches no-cache recompute. Without one it never keeps them."""
+    _, ours, _ = pair
+    prompts = BATCHES[batch]
+    M.generate(ours, prompts, 4, temperature=0, eos_ids=[], weights_version=0)
+    first = ours._decode_cache
+    M.generate(ours, prompts, 4, temperature=0, eos_ids=[], weights_version=0)
+    assert ours._decode_cache is first  # the same version: no new copies
+    saved = [p.detach().clone() for p in ours.parameters()]
+    try:
+        opt = torch.optim.AdamW(ours.parameters(), lr=0.1, fused=True)
+        for p in ours.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+        out, _ = M.generate(ours, prompts, 8, temperature=0, eos_ids=[], weights_version=1)
+        assert ours._decode_cache is not first
+        for p, o in zip(prompts, out):
+            assert o == greedy_by_recompute(ours, p, 8)
+    finally:
+        with torch.no_grad():
+            for p, s in zip(ours.parameters(), saved):
+                p.copy_(s)
+    out, _ = M.generate(ours, prompts, 8, temperature=0, eos_ids=[])  # no version: fresh copies
+    assert all(o == greedy_by_recompute(ours, p, 8) for p, o in zip(prompts, out))
+    del ours._decode_cache
+
+
+def test_two_level_inverse_cdf_equals_the_full_running_sum():
+    """The block-then-token search picks the token a float64 running sum over the whole
+    vocabulary picks, including tail tokens (p ~ 1e-12 next to p ~ 1) and zero-mass (masked)
+    tokens, which are never picked."""
+    g = torch.Generator().manual_seed(0)
+    B, V = 64, 1000  # 4 blocks, the last one partial
+    e = torch.exp(torch.randn(B, V, generator=g) * 8).float()  # weights over many orders of magnitude
+    e[:, 100:300] = 0.0  # a whole zero block and parts of two others
+    e[:, V - 1] = 0.0
+    for trial in range(20):
+        u = torch.rand(B, 1, generator=g, dtype=torch.float64)
+        if trial == 0:
+            u[:, 0] = 0.0
+        c = e.double().cumsum(-1)
+        want = torch.searchsorted(c, u * c[:, -1:], right=True).clamp(max=V - 1)
+        got = M._two_level_search(e, u)
+        assert torch.equal(got, want), trial
+        assert bool((e.gather(-1, got) > 0).all())
+    # tail tokens (mass 1e-12 after 512 tokens of mass 1): a float32 running sum rounds their
+    # increments away (they could never be drawn); here each is drawn where its interval is
+    e = torch.ones(1, 600)
+    e[0, 512:] = 1e-12
+    assert e.cumsum(-1)[0, 516] == e.cumsum(-1)[0, 517]  # what a float32 running sum would do
+    p = float(e[0, 512])
+    for i in (512, 517, 599):  # the middle of token i's interval, computed without a long running sum
+        u = torch.tensor([[(512 + (i - 512 + 0.5) * p) / (512 + 88 * p)]], dtype=torch.float64)
+        assert int(M._two_level_search(e, u)) == i
+
+
 def test_eos_stops_each_row_and_list_of_eos(pair):
     _, ours, _ = pair
     full, _ = M.generate(ours, PROMPTS, 12, temperature=0, eos_ids=[])

@@ -120,7 +120,9 @@ def test_training_and_evaluation_score_with_the_same_reward(monkeypatch):
 
     def answer_with(texts):
         by_prompt = {tuple(i): t for i, t in zip(ids, texts)}
-        fake = lambda policy, prompts, *a, **k: ([tok.encode(by_prompt[tuple(p)]) + tok.eos_ids[:1] for p in prompts],)
+        def fake(policy, prompts, *a, **k):
+            ids = [tok.encode(by_prompt[tuple(p)]) + tok.eos_ids[:1] for p in prompts]
+            return ids, [[0.0] * len(i) for i in ids]
         monkeypatch.setattr(a3po.model, "generate", fake)
 
     answer_with([f"\\boxed{{{p.prompt[len('What is '):-1]}}}" for p in problems])

@@ -219,8 +219,10 @@ def tiny_batch(net, tok, n_prompts=4, G=4, new_tokens=5, seed=0):
     rollouts = []
     for i in range(n_prompts):
         p = tok.encode(f"q{i % N_DIGITS}")
-        for j, response in enumerate(model.generate(net, [p] * G, new_tokens, generator=gen)[0]):
-            rollouts.append(a3po.Rollout(p, response, "", tasks.Problem("q", "0"), float(j % 2), float(j % 2), False))
+        responses, logprobs = model.generate(net, [p] * G, new_tokens, generator=gen)
+        for j, (response, lp) in enumerate(zip(responses, logprobs)):
+            rollouts.append(a3po.Rollout(p, response, "", tasks.Problem("q", "0"), float(j % 2), float(j % 2), False,
+                                         lp))
     return a3po.collate(rollouts, tok.pad_id, torch.device("cpu"))
 
 
@@ -242,12 +244,76 @@ def test_micro_batch_accumulation_equals_full_batch(tiny):
             net, _ = model.load(str(tiny / "model"))
             opt = torch.optim.SGD(net.parameters(), lr=1.0)
             old, ent, _ = a3po.old_logprobs(net, None, batch, cfg)
-            epochs, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, None, cfg)
+            epochs, _, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, None, cfg)
             results.append((epochs[0], [p.detach().clone() for p in net.parameters()]))
         (s16, w16), (s4, w4) = results
         assert s16["grad_norm"] == pytest.approx(s4["grad_norm"], rel=1e-5), agg
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w16, w4)), agg
         assert s16["approx_kl"] == 0 and s16["ratio_mean"] == 1 and s16["ratio_max"] == 1  # pi_theta == pi_old
+
+
+def test_pi_old_from_the_update_equals_a_separate_pass(tiny, tmp_path, monkeypatch):
+    """One epoch, no reference model: the update whose own forward is pi_old takes the same step
+    as a separate pi_old pass before it (weights, every logged number, the entropies), and the
+    sampler's log-probs choose the same tokens for A3PO's boost as pi_old's."""
+    cfg = a3po.apply_preset("a3po", dict(micro_batch_size=8, ppo_epochs=1, grad_clip=1.0))
+    assert a3po.pi_old_from_update(cfg)
+    for other in (dict(ppo_epochs=2), dict(kl_coef=0.1), dict(token_criterion="entropy")):
+        assert not a3po.pi_old_from_update(dataclasses.replace(cfg, **other))
+    net, tok = model.load(str(tiny / "model"))
+    batch = tiny_batch(net, tok, n_prompts=8)
+    old, ent, _ = a3po.old_logprobs(net, None, batch, cfg)
+    m = batch.mask
+    assert (batch.sample_logp[m] - old[m]).abs().max() < 1e-5  # the sampler's numbers are pi_old's
+    token_adv = shaped(batch, old, ent, cfg)
+    assert torch.equal(shaped(batch, batch.sample_logp, ent, cfg), token_adv)  # the same tokens boosted
+    results = []
+    for separate in (True, False):
+        net, _ = model.load(str(tiny / "model"))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        epochs, _, entropy = a3po.ppo_update(net, opt, batch, old if separate else None, token_adv, m, None, cfg)
+        results.append((epochs, [p.detach().clone() for p in net.parameters()], entropy))
+    (e1, w1, none), (e2, w2, ent2) = results
+    assert none is None and torch.allclose(ent2[m], ent[m], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w1, w2))
+    assert e1[0].keys() == e2[0].keys()
+    assert all(e1[0][k] == pytest.approx(e2[0][k], rel=1e-5, abs=1e-7) for k in e1[0])
+    assert e2[0]["ratio_max"] == 1 and e2[0]["approx_kl"] == 0
+
+    # whole runs: the same metrics as with the separate pass, and no time spent on it
+    runs = {}
+    for separate in (True, False):
+        monkeypatch.setattr(a3po, "pi_old_from_update", lambda cfg, s=separate: not s and cfg.ppo_epochs == 1)
+        run = tmp_path / f"separate{separate}"
+        a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "2", "--ppo-epochs", "1")))
+        runs[separate] = [m for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "train"]
+    for a, b in zip(runs[True], runs[False]):
+        a, b = deterministic(a), deterministic(b)
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+    assert all(m["time_old_logp"] < 1e-3 for m in runs[False])
+
+
+def test_fused_adamw_takes_the_same_steps(tiny):
+    """The trainer's AdamW is fused where torch offers it (one kernel for every parameter): the
+    same weights after a few steps as the per-tensor loop, and the same state to checkpoint."""
+    cfg = a3po.apply_preset("a3po", dict(lr=1e-2, weight_decay=0.1))
+    nets = [model.load(str(tiny / "model"))[0] for _ in range(2)]
+    fused = a3po.make_optimizer(nets[0], cfg)
+    loop = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] and not a3po.make_optimizer(nets[0], dataclasses.replace(cfg, fsdp=True)).defaults["fused"]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in nets[0].parameters()]
+        for net, opt in zip(nets, (fused, loop)):
+            for p, gr in zip(net.parameters(), grads):
+                p.grad = gr.clone()
+            opt.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    sa, sb = fused.state_dict()["state"], loop.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(sa[i].keys() == sb[i].keys() for i in sa)
 
 
 def test_update_statistics_are_the_last_epochs_exact_numbers(tiny):
@@ -263,7 +329,7 @@ def test_update_statistics_are_the_last_epochs_exact_numbers(tiny):
     def update(epochs):
         net, _ = model.load(str(tiny / "model"))
         opt = torch.optim.SGD(net.parameters(), lr=30.0)  # a big step: ratios far from 1, clipping on both sides
-        stats, _ = a3po.ppo_update(net, opt, batch, old, token_adv, batch.mask, None, dataclasses.replace(cfg, ppo_epochs=epochs))
+        stats, _, _ = a3po.ppo_update(net, opt, batch, old, token_adv, batch.mask, None, dataclasses.replace(cfg, ppo_epochs=epochs))
         return net, stats
 
     after_one, _ = update(1)
