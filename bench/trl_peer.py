@@ -1,8 +1,10 @@
 """Peer benchmark: seconds per RL step of our trainer against TRL's GRPOTrainer, same settings.
 
-    /work/trlvenv/bin/python bench/trl_peer.py                        # 6 pairs x (1 warm-up + 6 timed steps)
-    /work/trlvenv/bin/python bench/trl_peer.py --ppo-epochs 2 --out trl_peer.md
-    /work/trlvenv/bin/python bench/trl_peer.py --pairs 1 --steps 1 --warmup 0 --prompts 4   # a quick smoke test
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 \
+        && .venv-bench/bin/pip install -r requirements.txt -r requirements-bench.txt   # TRL: bench-only
+    .venv-bench/bin/python bench/trl_peer.py                        # 6 pairs x (1 warm-up + 6 timed steps)
+    .venv-bench/bin/python bench/trl_peer.py --ppo-epochs 2 --out trl_peer.md
+    .venv-bench/bin/python bench/trl_peer.py --pairs 1 --steps 1 --warmup 0 --prompts 4   # a quick smoke test
 
 What it measures. One RL step = sample 16 prompts x 8 completions, score them, (pi_old pass
 when needed), and --ppo-epochs optimizer steps over the 128 completions in micro-batches of 32
@@ -59,12 +61,9 @@ What is NOT the same (also printed under the table):
     TRL's step time leaves out the fetch of the raw prompt rows (before on_step_begin) and its
     logging (after on_step_end); ours leaves out its metrics and logging after the update.
 
-TRL is a benchmark-only dependency (requirements-bench.txt, in a separate virtualenv):
-a3po.py, model.py and the tests never import it. Set up:
-
-    python3 -m venv /work/trlvenv
-    /work/trlvenv/bin/pip install torch==2.13.0
-    /work/trlvenv/bin/pip install torch==2.13.0 trl==1.16.0 tokenizers safetensors numpy
+TRL is a benchmark-only dependency (requirements-bench.txt, in a virtualenv of its own, set up
+as above; keep torch==2.13.0 on the command line if pip wants to change it): a3po.py, model.py
+and the tests never import it.
 """
 
 import argparse
