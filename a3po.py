@@ -961,7 +961,8 @@ def rollout_groups(policy, tok, cfg: Config, problems, prompts, keys) -> tuple[l
     responses, logprobs = [], []
     for s in range(0, len(seqs), chunk):
         r, lp = model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                               eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk], weights_version=weights_version(policy))
+                               eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk],
+                               weights_version=weights_version(policy))
         responses, logprobs = responses + r, logprobs + lp
     t1 = time.time()
     out = []
@@ -1329,7 +1330,8 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
         for s in range(0, len(seqs), cfg.eval_batch_size):
             sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
                                       cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
-                                      row_keys=keys[s:s + cfg.eval_batch_size], weights_version=weights_version(policy))[0]
+                                      row_keys=keys[s:s + cfg.eval_batch_size],
+                                      weights_version=weights_version(policy))[0]
         for s in range(mine.start, mine.stop, cfg.eval_batch_size):
             greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
                                      cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids,

