@@ -26,6 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import verifier as V  # noqa: E402
+from data.tasks import gold_answer  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'datasets')
 if not os.path.isdir(DATA):
@@ -49,7 +50,7 @@ def dataset_golds():
     for path in sorted(glob.glob(os.path.join(DATA, '*.jsonl'))):
         name = os.path.basename(path).replace('.jsonl', '')
         with open(path, encoding='utf-8') as f:
-            golds += [(name, V.gold_answer(json.loads(line))) for line in f]
+            golds += [(name, gold_answer(json.loads(line))) for line in f]
     return golds
 
 

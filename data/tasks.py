@@ -93,36 +93,99 @@ def detect_format(record):
     return None
 
 
+# ----------------------------------------------------------------------------- gold answers
+# What each dataset stores as its gold answer; the verifier then compares answers as text.
+
+
+def last_boxed(text):
+    """The content of the last \\boxed{} / \\fbox{} in text (a solution), or None."""
+    from verifier_forms import as_text, box_at
+
+    text = as_text(text)
+    if text is None:
+        return None
+    end = len(text)
+    while True:
+        i = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if i < 0:
+            return None
+        content, _ = box_at(text, i)
+        if content is not None:
+            return content.strip()
+        end = i
+
+
+def gsm8k_gold(answer_field):
+    """GSM8K: the number after '####' (thousands commas removed)."""
+    from verifier_forms import as_text
+
+    text = as_text(answer_field) or ""
+    if "####" not in text:
+        raise ValueError('GSM8K answer field has no "####" line: %r' % text[-80:])
+    return text.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def math_gold(record):
+    """MATH / AIME / AMC / Minerva: the 'answer' field (27.0 -> '27'), else the last
+    \\boxed{} of 'solution'."""
+    from verifier_forms import as_text
+
+    answer = as_text(record.get("answer"))
+    if answer is not None and answer.strip():
+        return answer.strip()
+    solution = record.get("solution")
+    if isinstance(solution, list):
+        solution = "\n".join(x for x in solution if isinstance(x, str))
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise ValueError("record has no answer field and no \\boxed{} in its solution")
+    return boxed
+
+
+def olympiad_gold(record):
+    """OlympiadBench: final_answer (a list of strings, often '$...$'), joined by ', '."""
+    answers = record.get("final_answer")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not answers:
+        raise ValueError("OlympiadBench record has no final_answer")
+    return ", ".join(a.strip().replace("$", "").strip() for a in answers)
+
+
+def gold_answer(record):
+    """The gold answer of a record of any of the formats in ../shared/datasets/."""
+    if "final_answer" in record:
+        return olympiad_gold(record)
+    answer = record.get("answer")
+    if isinstance(answer, str) and "####" in answer:
+        return gsm8k_gold(answer)
+    return math_gold(record)
+
+
 def gsm8k_problem(record):
     """GSM8K: the gold is what follows '####' at the end of the rationale."""
-    import verifier  # the verifier owns answer extraction, so loaders and rewards agree
-
     answer = record.get("answer")
     if not isinstance(answer, str) or "####" not in answer:
         raise ValueError("GSM8K 'answer' must be a string ending in '#### <final answer>'")
-    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.gsm8k_gold(answer), "after '####'"),
+    return Problem(prompt=_text(record, "question"), answer=_gold(gsm8k_gold(answer), "after '####'"),
                    numeric=True)
 
 
 def math_problem(record):
     """MATH / AIME / AMC / Minerva: the 'answer' field when present, else the last \\boxed{}
     of 'solution'."""
-    import verifier
-
     if "answer" not in record and "solution" not in record:
         raise ValueError(f"MATH record needs 'answer' or 'solution' (keys: {sorted(record)})")
-    gold = verifier.math_gold(record)  # ValueError when neither gives an answer
+    gold = math_gold(record)  # ValueError when neither gives an answer
     return Problem(prompt=_text(record, "problem"), answer=_gold(gold, "in 'answer' or the last \\boxed{} of 'solution'"))
 
 
 def olympiad_problem(record):
     """OlympiadBench: 'question' and the list 'final_answer'."""
-    import verifier
-
     answers = record.get("final_answer")
     if isinstance(answers, list) and any(not isinstance(a, str) or not a.replace("$", "").strip() for a in answers):
         raise ValueError(f"'final_answer' has an empty or non-text item: {answers!r}")
-    return Problem(prompt=_text(record, "question"), answer=_gold(verifier.olympiad_gold(record), "in 'final_answer'"))
+    return Problem(prompt=_text(record, "question"), answer=_gold(olympiad_gold(record), "in 'final_answer'"))
 
 
 def generic_problem(record, prompt_key, answer_key):

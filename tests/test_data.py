@@ -389,3 +389,20 @@ def test_search_model_samples_checked_searches_of_many_lengths(search_model):
     checks = [line for line in lines if len(line) == 3 and all(x and set(x) <= set("0123456789*+") for x in line)]
     exact = sum(eval(x) == eval(y) == int(z) for x, y, z in checks)
     assert len(checks) >= 0.9 * len(lines) and exact >= 0.8 * len(checks)
+
+
+def test_gold_helpers():
+    assert tasks.gsm8k_gold('She sold 1,080 <<a=b>>.\n#### 1,080') == '1080'
+    assert tasks.gsm8k_gold('x\n#### -3') == '-3'
+    with pytest.raises(ValueError):
+        tasks.gsm8k_gold('no marker')
+    assert tasks.math_gold({'answer': '\\frac{1}{2}', 'solution': '\\boxed{0.5}'}) == '\\frac{1}{2}'
+    assert tasks.math_gold({'solution': 'so \\boxed{1} then \\boxed{4.5e33} ergs.'}) == '4.5e33'
+    assert tasks.math_gold({'answer': 27.0}) == '27' and tasks.math_gold({'answer': -1.0}) == '-1'
+    assert tasks.math_gold({'answer': '025'}) == '025'
+    with pytest.raises(ValueError):
+        tasks.math_gold({'solution': 'nothing boxed'})
+    rec = {'final_answer': ['$(1,1), (3,2)$'], 'solution': ['...']}
+    assert tasks.olympiad_gold(rec) == '(1,1), (3,2)' and tasks.gold_answer(rec) == '(1,1), (3,2)'
+    assert tasks.gold_answer({'question': 'q', 'answer': 'x\n#### 72'}) == '72'
+    assert tasks.gold_answer({'problem': 'p', 'answer': 36.0}) == '36'
