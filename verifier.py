@@ -6,20 +6,24 @@
     is_equivalent(pred, gold, number_only=False) -> are they the same answer?
 
 score = extract -> normalise -> parse -> compare, in that order, each a section below:
-1. Extract the final answer: the last \\boxed{} (boxes joined by "and" / "," form one
-   list), unless a marker after it ("The answer is", "Answer:", "####") gives one. Only
-   with fallback=True (evaluation): the whole response when it is a bare answer, else
-   what its last sentence states ("... is 42."), else its last math span, else its last
-   number, else its last "(A)".."(E)". Nothing found is a reward of 0.
+1. Extract the final answer: an R1-style <answer>...</answer>, else the last \\boxed{}
+   (boxes joined by "and" / "," form one list), unless a marker after it ("The answer
+   is", "Answer:", "####", "答案是") gives one. Only with fallback=True (evaluation):
+   the whole response when it is a bare answer, else what its last sentence states
+   ("... is 42."), else its last math span, else its last number, else its last
+   "(A)".."(E)". Nothing found is a reward of 0.
 2. Normalise both sides to one canonical string: LaTeX spacing and synonyms, unicode,
    \\text{}, units and currency after a number, degrees, thousands separators, number
-   words, repeating decimals. Equal strings are a match.
+   words, repeating decimals, plain-text maths (sqrt(3)/3, pi/2), mixed numbers (1 1/2),
+   times of day (8:34 PM = 20:34). Equal strings are a match. Before that, two answers
+   that both carry a known unit must agree on it or convert exactly (2 h = 120 min).
 3. Parse each into a tree (verifier_forms.py): unordered lists ("1, 2", sets, \\pm),
    tuples and intervals (brackets must match), matrices, equations, relations, and
    values computed by our own small evaluator (model output is never run as code).
 4. Compare the trees: lists one to one in any order; tuples in order; exact rationals
    exactly (0.33 != 1/3, and a decimal never equals an irrational); expressions with
-   sqrt, pi, e or variables at fixed sample points to 1e-9 (noise, never a near miss);
+   sqrt, pi, e or variables at fixed sample points to 1e-9 (noise, never a near miss;
+   what floats cannot tell apart, like 2^{1/2^{1000}} and 1, is refused);
    equations and inequalities up to a constant factor; a gold inequality accepts its
    interval, never the reverse; a gold "75%" also accepts 0.75.
 number_only=True (tasks that ask to compute a number): against a numeric gold, only a
@@ -34,11 +38,12 @@ from fractions import Fraction
 
 from verifier_forms import (
     FALLBACK_CHARS, MAX_ANSWER_CHARS, TAIL_CHARS, Alt, Equation, Items, Leaf, Matrix, Named,
-    Relation, Seq, Unsupported, after_marker, analyse, as_text, base_subscript, brace_fracs,
-    brackets_commas, choice_letter, close, decimal_comma, drop_modulus, drop_thousands,
-    has_percent, is_bare, is_digits, last_boxed, last_choice, last_number, math_spans,
-    mixed_numbers, number_word, precision, ratio, repeating_decimals, replace_word,
-    rewrite_commands, rounding, sanitize, scale_word, squeeze_spaces, stated, strip_chat,
+    Relation, Seq, Unsupported, after_marker, analyse, answer_tag, as_text, base_subscript,
+    brace_fracs, brackets_commas, choice_letter, clock_time, close, decimal_comma,
+    drop_modulus, drop_thousands, has_percent, is_bare, is_digits, last_boxed, last_choice,
+    last_number, math_spans, mixed_numbers, number_word, plain_text_math, precision,
+    quantity, ratio, repeating_decimals, replace_word, rewrite_commands, rounding,
+    same_quantity, sanitize, scale_word, squeeze_spaces, stated, strip_chat,
     strip_plain_units, strip_wrappers, unicode_to_latex)
 
 
@@ -72,6 +77,10 @@ def extract_answer(response, fallback=False):
         if text is None:
             return None
         text = strip_chat(sanitize(text[-TAIL_CHARS:]))
+        tagged = answer_tag(text)
+        if tagged is not None:  # R1-style "<answer>42</answer>" marks its answer
+            inner = extract_answer(tagged, fallback)  # a box or marker inside it decides
+            return inner if inner is not None or not is_bare(tagged) else tagged.strip()
         boxed, box_end = last_boxed(text, is_equivalent)
         marked, pos = after_marker(text, is_equivalent)
         # a marked answer after the last box wins ("Final Answer: The final answer is $13$"),
@@ -131,6 +140,11 @@ def is_equivalent(pred, gold, number_only=False):
             return True
         if len(p) > MAX_ANSWER_CHARS or len(g) > MAX_ANSWER_CHARS:
             return False
+        pq, gq = quantity(p), quantity(g)
+        if pq and gq:  # both carry a known unit: it must agree, or convert exactly
+            same = same_quantity(pq, gq)
+            if same is not None:
+                return same
         pc, gc = _canonical(p), _canonical(g)
         if not pc or not gc:
             return False
@@ -182,6 +196,9 @@ def _canonical(s):
     if len(s) > 2 * MAX_ANSWER_CHARS:  # 1000 x '½' grows 11-fold
         raise Unsupported('answer too long')
     s = strip_wrappers(s)
+    time = clock_time(s)
+    if time:  # "08:34 P.M." is 20:34
+        return time
     for a, b in (('>=', '\\ge '), ('<=', '\\le '), ('!=', '\\ne '), ('=<', '\\le '),
                  ('=>', '\\ge ')):
         s = s.replace(a, b)
@@ -194,6 +211,7 @@ def _canonical(s):
         s = s.replace(a, b)
     s = brackets_commas(s)
     s = replace_word(replace_word(s, 'or', ','), 'and', ',')
+    s = plain_text_math(s)
     s = scale_word(strip_plain_units(scale_word(s.strip())))
     spaced_comma = bool(s.count(', ')) and not s.strip().startswith(('(', '[', '\\{'))
     s = squeeze_spaces(s)

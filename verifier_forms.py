@@ -11,6 +11,7 @@ import cmath
 import math
 import operator
 import random
+import re
 import unicodedata
 from fractions import Fraction
 from typing import NamedTuple, Optional
@@ -252,6 +253,8 @@ def is_bare(text):
         return False
     if t.lower().rstrip('.') in _PHRASES:
         return True
+    if any(is_cjk(c) for c in t):  # "所以答案是 5": a sentence in Chinese
+        return False
     words, last = 0, 0
     for i, j in _letter_runs(t):
         word = t[i:j].lower()
@@ -269,6 +272,19 @@ def is_bare(text):
     for exponent in ('^{2}', '^{3}', '^2', '^3', '\u00b2', '\u00b3'):
         rest = rest.replace(exponent, '')
     return all(c in ' .,;:!?}$)]*~%' for c in rest)
+
+
+def is_cjk(ch):
+    return '\u4e00' <= ch <= '\u9fff' or '\u3400' <= ch <= '\u4dbf'
+
+
+def answer_tag(text):
+    """The content of the last complete <answer>...</answer> (R1-style), or None."""
+    end = text.rfind('</answer>')
+    start = text.rfind('<answer>', 0, end) if end >= 0 else -1
+    if start < 0 or '\\boxed' in text[end:] or '\\fbox' in text[end:]:
+        return None  # a box written after the tag is the later answer
+    return text[start + 8:end]
 
 
 def _is_prose(t):
@@ -405,7 +421,8 @@ def _answer_in(text):
 
 
 _OPENERS = ('so', 'thus', 'hence', 'therefore', 'then', 'and', 'finally', 'clearly')
-_MARKERS = ('final answer is', 'answer is', 'answer:', 'answer =', '####')
+_MARKERS = ('final answer is', 'answer is', 'answer:', 'answer =', '####',
+            '\u7b54\u6848\u662f', '\u7b54\u6848\u4e3a', '\u7b54\u6848:', '\u7b54\u6848\uff1a')  # 答案 (answer) 是 / 为 / :
 
 
 def after_marker(text, same):
@@ -447,11 +464,12 @@ def after_marker(text, same):
             return last_number(head[cut:]), k
     if best < 0:
         return None, -1
-    rest = text[end:end + 2000].lstrip(' \t\n:*')
+    rest = text[end:end + 2000].lstrip(' \t\n:*\uff1a')
     line = rest.split('\n', 1)[0]
-    cut = line.find('. ')  # "The answer is 42. Let me check." -> 42
-    if cut >= 0:
-        line = line[:cut]
+    for stop in ('. ', '\u3002'):  # "The answer is 42. Let me check." -> 42; 。 ends a sentence
+        cut = line.find(stop)
+        if cut >= 0:
+            line = line[:cut]
     for reason in (', since ', ' since ', ', because ', ' because ', ', as ', ', which '):
         cut = line.find(reason)  # "The answer is 9, since 3^2 = 9"
         if cut > 0:
@@ -489,6 +507,7 @@ def strip_chat(text):
     return text
 
 
+# ------------------------------------------------------------------------ normalise
 _UNICODE = {
     '\u2212': '-', '\u2013': '-', '\u2014': '-', '\u2010': '-', '\u2011': '-', '\ufe63': '-',
     '\u00d7': '\\times ', '\u22c5': '\\cdot ', '\u00b7': '\\cdot ', '\u2219': '\\cdot ',
@@ -823,13 +842,17 @@ _NUMBER_WORDS.update({w: 10 * k for k, w in enumerate(
     'thirty forty fifty sixty seventy eighty ninety'.split(), start=3)})
 
 
+_TENS = ('twenty', 'thirty', 'forty', 'fifty', 'sixty', 'seventy', 'eighty', 'ninety')
+
+
 def number_word(s):
     low = s.lower()
     if low in _NUMBER_WORDS:
         return str(_NUMBER_WORDS[low])
-    tens, _, unit = low.partition('-')
-    if tens in _NUMBER_WORDS and _NUMBER_WORDS[tens] >= 20 and 0 < _NUMBER_WORDS.get(unit, 0) < 10:
-        return str(_NUMBER_WORDS[tens] + _NUMBER_WORDS[unit])
+    for tens in _TENS:  # "forty-two", "forty two" (squeezed to "fortytwo")
+        unit = low[len(tens):].lstrip('- ')
+        if low.startswith(tens) and 0 < _NUMBER_WORDS.get(unit, 0) < 10:
+            return str(_NUMBER_WORDS[tens] + _NUMBER_WORDS[unit])
     return s
 
 
@@ -846,6 +869,138 @@ def drop_thousands(s):
 
 
 
+# ------------------------------------------------------------ plain-text answer forms
+_TIME = re.compile(r'(\d{1,2}):(\d{2})\s*(?:([ap])\.?\s*m\.?)?', re.I)
+_MIXED = re.compile(r'(-?)(\d+) +(\d+)/(\d+)')
+_AFTER_POWER = re.compile(r'(\^(?:\d+|\{[^{}]*\}))\s+(?=[\d(])')
+_BRACKETED_QUANTITY = re.compile(r'\[\s*(-?[\d.,]+\s+[A-Za-z][A-Za-z ]*)\]')
+_GLUED_UNIT = re.compile(r'(-?[\d.,]*\d)([A-Za-z]{2,})')
+
+
+def clock_time(s):
+    """'08:34 P.M.' -> '20:34', '12:05 am' -> '0:05', '07:30' -> '7:30': one form of a time
+    of day; None when s is not one."""
+    m = _TIME.fullmatch(s.strip())
+    if not m:
+        return None
+    h, minutes, half = int(m.group(1)), m.group(2), (m.group(3) or '').lower()
+    if int(minutes) > 59 or h > (12 if half else 23) or (half and h == 0):
+        return None
+    if half:
+        h = h % 12 + (12 if half == 'p' else 0)
+    return '%d:%s' % (h, minutes)
+
+
+def plain_text_math(s):
+    """Maths written without LaTeX: sqrt(3)/3, pi/2, -2*pi; factors side by side after a
+    power (2^6 3^5 5^4 is a product); a mixed number 1 1/2; a quantity in brackets
+    ([45 degrees]); a unit glued to its number (10weeks, when the unit is known)."""
+    s = replace_word(replace_word(s, 'sqrt', '\\sqrt '), 'pi', '\\pi ')
+    if '^' in s:
+        s = _AFTER_POWER.sub(r'\1*', s)
+    m = _MIXED.fullmatch(s.strip())
+    if m and int(m.group(3)) < int(m.group(4)):
+        s = '%s(%s+\\frac{%s}{%s})' % m.groups()
+    m = _BRACKETED_QUANTITY.fullmatch(s.strip())
+    if m:
+        s = m.group(1)
+    m = _GLUED_UNIT.fullmatch(s.strip())
+    if m and m.group(2).lower() in _UNITS:
+        s = m.group(1)
+    return s
+
+
+# ----------------------------------------------------------------------------- units
+# A unit: (what it measures, its size in that dimension's base unit, exactly). Only units
+# that are never also variables or words of an answer; one-letter units ("5 m") stay
+# variables unless written in \text{} or \mathrm{}.
+_UNITS = {}
+for _names, _dim, _size in (
+        ('mm millimeter millimeters millimetre millimetres', 'length', Fraction(1, 1000)),
+        ('cm centimeter centimeters centimetre centimetres', 'length', Fraction(1, 100)),
+        ('meter meters metre metres', 'length', Fraction(1)),
+        ('km kilometer kilometers kilometre kilometres', 'length', Fraction(1000)),
+        ('inch inches', 'length', Fraction(254, 10000)),
+        ('ft foot feet', 'length', Fraction(3048, 10000)),
+        ('yd yard yards', 'length', Fraction(9144, 10000)),
+        ('mile miles', 'length', Fraction(1609344, 1000)),
+        ('mg milligram milligrams', 'mass', Fraction(1, 1000)),
+        ('gram grams', 'mass', Fraction(1)),
+        ('kg kilogram kilograms', 'mass', Fraction(1000)),
+        ('lb lbs pound pounds', 'mass', Fraction(45359237, 100000)),
+        ('oz ounce ounces', 'mass', Fraction(45359237, 1600000)),
+        ('sec secs second seconds', 'time', Fraction(1)),
+        ('min mins minute minutes', 'time', Fraction(60)),
+        ('hr hrs hour hours', 'time', Fraction(3600)),
+        ('day days', 'time', Fraction(86400)),
+        ('week weeks', 'time', Fraction(604800)),
+        ('month months', 'months', Fraction(1)),
+        ('year years', 'months', Fraction(12)),
+        ('ml milliliter milliliters millilitre millilitres', 'volume', Fraction(1, 1000)),
+        ('liter liters litre litres', 'volume', Fraction(1)),
+        ('cent cents', 'dollars', Fraction(1, 100)),
+        ('dollar dollars', 'dollars', Fraction(1)),
+        ('degree degrees', 'angle', Fraction(1)),
+        ('radian radians rad', 'radians', Fraction(1))):
+    for _name in _names.split():
+        _UNITS[_name] = (_dim, _size)
+_ONE_LETTER_UNITS = {'m': ('length', Fraction(1)), 'g': ('mass', Fraction(1)),
+                     's': ('time', Fraction(1)), 'h': ('time', Fraction(3600)),
+                     'l': ('volume', Fraction(1)), 'L': ('volume', Fraction(1))}
+_TEXT_UNIT = re.compile(r'\\(?:text|mathrm|mbox|textrm|rm)\s*\{\s*~?\s*([A-Za-z]+)\s*\}')
+_QUANTITY = re.compile(r'(-?\d[\d,]*(?:\.\d+)?|-?\.\d+)\s*'
+                       r'(\x00?[A-Za-z]+)(?:\s*/\s*(\x00?[A-Za-z]+))?'
+                       r'(?:\s*\^\s*\{?([23])\}?)?')
+
+
+def _unit(word, one_letter=False):
+    """(dimension, size) of a unit word; one-letter units ("m", "s") only where they cannot
+    be a variable: in \\text{} (marked by a NUL) or in a rate ("m/s", "km/h")."""
+    if word.startswith('\x00'):
+        word, one_letter = word[1:], True
+    if one_letter and word in _ONE_LETTER_UNITS:
+        return _ONE_LETTER_UNITS[word]
+    return _UNITS.get(word.lower())
+
+
+def quantity(s):
+    """(number, dimension, size) of an answer that is one number and a known unit
+    ("384,400 km", "5\\text{ cm}^2", "60 km/h", "10weeks"), else None."""
+    if len(s) > 100:
+        return None
+    t = _TEXT_UNIT.sub(lambda m: ' \x00' + m.group(1), strip_wrappers(s))
+    for a in ('\\,', '\\ ', '\\;', '~', '$'):
+        t = t.replace(a, ' ')
+    m = _QUANTITY.fullmatch(t.strip().rstrip('.').strip())
+    if not m:
+        return None
+    number, top, bottom, power = m.groups()
+    u, v = _unit(top, bool(bottom)), _unit(bottom, True) if bottom else None
+    if u is None or (bottom and v is None):
+        return None
+    dim, size = u
+    if power:
+        dim, size = '%s^%s' % (dim, power), size ** int(power)
+    if v is not None:
+        dim, size = '%s/%s' % (dim, v[0]), size / v[1]
+    return number.replace(',', ''), dim, size
+
+
+def same_quantity(p, g):
+    """Two quantities with known units: the same dimension and, converted exactly, the
+    same number (2 hours = 120 minutes; 384,400 miles != 384,400 km). None when the units
+    are the same: the numbers decide, as without units."""
+    if p[1] != g[1]:
+        return False
+    if p[2] == g[2]:
+        return None
+    try:
+        return Fraction(p[0]) * p[2] == Fraction(g[0]) * g[2]
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+# -------------------------------------------------------- parse: values (evaluator)
 _FUNCS = {'sin': cmath.sin, 'cos': cmath.cos, 'tan': cmath.tan, 'cot': lambda z: 1 / cmath.tan(z),
           'sec': lambda z: 1 / cmath.cos(z), 'csc': lambda z: 1 / cmath.sin(z),
           'arcsin': cmath.asin, 'arccos': cmath.acos, 'arctan': cmath.atan, 'sinh': cmath.sinh,
@@ -993,6 +1148,10 @@ def _pow(x, y):
             r = _root(x, y.denominator)
             if r is not None:
                 return _pow(r, Fraction(y.numerator))
+        _floats_can_tell(x)
+        if x > 0 and x != 1 and abs(float(y) * (math.log(x.numerator) - math.log(x.denominator))) < 1e-6:
+            # 2^{1/2^{1000}} is within 1e-300 of 1 but is not 1: floats cannot decide it
+            raise Unsupported('power too close to 1 for floats')
     z, w = complex(x), complex(y)
     if z == 0:
         if w.real > 0:
@@ -1005,11 +1164,19 @@ def _pow(x, y):
     return z ** w
 
 
+def _floats_can_tell(x):
+    """An exact number about to go through floats must fit in one: the root of
+    1 + 10^{-20} would otherwise come out as exactly 1."""
+    if max(x.numerator.bit_length(), x.denominator.bit_length()) > 52:
+        raise Unsupported('exact number beyond float precision')
+
+
 def _sqrt(x, n=2):
     if isinstance(x, Fraction) and x >= 0:
         r = _root(x, n)
         if r is not None:
             return r
+        _floats_can_tell(x)
     if isinstance(x, Fraction) and x < 0 and n % 2:
         return -_pow(-x, Fraction(1, n))  # the real cube root of a negative number
     return cmath.sqrt(x) if n == 2 else _pow(x, Fraction(1, n))

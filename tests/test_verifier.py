@@ -277,6 +277,88 @@ def test_numeric_gold_field():
     assert V.score('\\boxed{27}', 27.0) == 1.0  # AMC stores 27.0
 
 
+# Answer formats of real RL runs. Each case restates a kind of answer seen in other
+# projects' grader tests, verifier issue threads or model outputs (the kind's source is
+# named above its rows); the cases themselves are ours.
+PLAIN_TEXT = [
+    # Qwen2.5-Math's and DeepScaleR's graders read answers written without LaTeX
+    ('sqrt(3)/3', '\\frac{\\sqrt{3}}{3}', True), ('3*sqrt(2)', '3\\sqrt2', True),
+    ('pi/2', '\\frac{\\pi}{2}', True), ('-2*pi', '-2\\pi', True), ('2pi', '2\\pi', True),
+    ('pi/2', '\\frac{\\pi}{3}', False), ('sqrt(3)/2', '\\frac{\\sqrt{3}}{3}', False),
+    ('2^6 3^5 5^4', '2^6 \\cdot 3^5 \\cdot 5^4', True), ('2^6 3^5 5^4', '2^6 \\cdot 3^5 \\cdot 5^3', False),
+    # scientific notation and mixed numbers (Math-Verify's mixed-number tests, Minerva golds)
+    ('6.022e23', '6.022 \\times 10^{23}', True), ('6.02e23', '6.022 \\times 10^{23}', False),
+    ('1 1/2', '\\frac{3}{2}', True), ('1 1/2', '1.5', True), ('2 3/4', '\\frac{11}{4}', True),
+    ('-1 1/2', '-\\frac{3}{2}', True), ('1 1/2', '\\frac{1}{2}', False),
+    # times of day in word problems (GSM8K-style golds)
+    ('08:34 P.M.', '20:34', True), ('8:34 pm', '20:34', True), ('12:05 a.m.', '00:05', True),
+    ('8:34 AM', '20:34', False), ('7:30', '07:30', True),
+    # number words written as two words, units glued to the number, a quantity in brackets
+    ('forty two', '42', True), ('Forty Two', '42', True), ('forty two', '24', False),
+    ('10weeks', '10', True), ('10weeks', '10 weeks', True), ('[45 degrees]', '45^\\circ', True),
+    ('[45 degrees]', '46', False),
+]
+
+UNITS = [
+    # both sides carry a unit: it must agree, or convert exactly (verifier issue threads:
+    # a prediction in miles rewarded against a gold in km)
+    ('384,400 miles', '384,400 km', False), ('384,400 km', '384,400 \\text{ km}', True),
+    ('5 cm', '50 mm', True), ('5 cm', '5 m', False), ('2 hours', '120 minutes', True),
+    ('2 hours', '2 minutes', False), ('5\\text{ m}', '500 cm', True), ('3 kg', '3000 grams', True),
+    ('60 km/h', '60 \\text{ km}/\\text{h}', True), ('60 km/h', '60 miles/h', False),
+    ('4 \\text{ cm}^2', '400 mm^2', True), ('4 \\text{ cm}^2', '40 mm^2', False),
+    ('30 degrees', '30 radians', False), ('2 years', '24 months', True),
+    # a unit on one side only keeps the number's reading
+    ('384,400', '384,400 km', True), ('384,400 miles', '384,400', True), ('5 apples', '5 pears', True),
+]
+
+EXACT = [
+    # no float decides equality where an exact or symbolic comparison exists
+    ('1', '2^{1/2^{1000}}', False), ('2^{1/2^{1000}}', '1', False), ('1', '2^{10^{-12}}', False),
+    ('1', '\\sqrt{1+10^{-20}}', False), ('5', '\\sqrt{25+10^{-20}}', False),
+    ('2', '\\sqrt{2}^2', True), ('\\frac12', '\\sin(\\pi/6)', True), ('3', '\\log_2 8', True),
+]
+
+
+@pytest.mark.parametrize('pred, gold, expected', PLAIN_TEXT + UNITS + EXACT)
+def test_real_run_formats(pred, gold, expected):
+    assert V.is_equivalent(pred, gold) is expected
+    assert V.score('So the final answer is \\boxed{%s}.' % pred, gold) == float(expected)
+
+
+def test_r1_answer_tags():
+    # DeepSeek-R1 / Open-R1 style: reasoning in <think>, the answer in <answer>
+    assert V.score('<think>3 + 4 is 7, times 6 is 41?</think><answer>42</answer>', '42') == 1.0
+    assert V.score('<think>it is 42</think>\n<answer>41</answer>', '42') == 0.0
+    assert V.score('<answer>The answer is \\frac{1}{2}</answer>', '0.5') == 1.0
+    assert V.score('<answer>$\\frac{1}{2}$</answer>', '\\frac12') == 1.0
+    assert V.score('<answer>\\boxed{5}</answer>', '5') == 1.0
+    # in training (strict) the tag must hold an answer, not a whole working to mine for numbers
+    assert V.score('<answer>I tried 3, then 7, then 42</answer>', '42') == 0.0
+    assert V.score('<answer>I tried 3, then 7, then 42</answer>', '42', fallback=True) == 1.0
+    assert V.score('<answer></answer> \\boxed{42}', '42') == 1.0  # an empty tag is no answer
+    assert V.score('<answer>41</answer> Wait, that is wrong: \\boxed{42}', '42') == 1.0
+    assert V.score('<answer>42', '42') == 0.0  # truncated: no closing tag, no answer
+
+
+def test_chinese_responses():
+    # Qwen models answering in Chinese: "答案" (answer) is a marker; a sentence is no bare answer
+    assert V.score('所以答案是 5。', '5') == 1.0
+    assert V.score('所以答案是 5。', '6') == 0.0
+    assert V.score('答案: C', 'C') == 1.0 and V.score('答案：C', 'C') == 1.0
+    assert V.score('因此，最终答案是 $\\frac{1}{2}$', '\\frac12') == 1.0
+    assert V.score('解：x=3，所以答案为 3', '3') == 1.0
+    assert V.extract_answer('我们得到结果为十二', fallback=True) != '我们得到结果为十二'
+
+
+def test_new_formats_keep_number_only_strict():
+    # the number-only reading still refuses an unevaluated expression
+    assert not V.is_equivalent('sqrt(4)', '2', number_only=True)
+    assert not V.is_equivalent('2^6 3^5', str(2 ** 6 * 3 ** 5), number_only=True)
+    assert V.is_equivalent('1 1/2', '1.5', number_only=True)
+    assert V.is_equivalent('forty two', '42', number_only=True)
+
+
 HOSTILE = [
     '10^10^10', '10^{10^{10}}', '2^{2^{2^{2^{2^{2}}}}}', '9!!!!', '1e999999999',
     '\\frac{' * 1000, '\\frac{1}{' * 1000 + '2' + '}' * 1000, '(' * 1000 + '1' + ')' * 1000,
