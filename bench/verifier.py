@@ -14,6 +14,9 @@
    (boxed in a response, spaces added, \\frac <-> \\dfrac, trailing period, $...$):
    cases/second, the slowest case, and any rewrite we fail to accept.
 3. The hostile inputs of tests/test_verifier.py, strict and with the fallback: the slowest.
+The outside table (tests/verifier_outside_cases.py: other projects' grader tests and
+verifier issue threads, not used to write the rules) is graded like the labelled table
+and reported apart from it, for ours and for math-verify.
 """
 import argparse
 import glob
@@ -115,7 +118,7 @@ def math_verify_scorer():
 
     def score(response, gold):
         try:
-            return float(verify(['\\boxed{' + gold + '}'], [response])[0])
+            return float(verify(['\\boxed{%s}' % gold], [response])[0])
         except BaseException:  # its timeouts raise outside Exception
             return 0.0
     return score
@@ -175,6 +178,22 @@ def bench_table(tests, show):
         print('    ours wrong (label %s, %s): %r vs gold %r' % (e, src, r[-70:], g[:40]))
 
 
+def bench_outside(show):
+    """The outside table (tests/verifier_outside_cases.py): other projects' grader tests
+    and verifier issue threads, collected after the rules were written; reported apart."""
+    from verifier_outside_cases import OUTSIDE_CASES
+    n = len(OUTSIDE_CASES)
+    print('outside table: %d cases from %d sources (not used to write the rules)'
+          % (n, len({c[3] for c in OUTSIDE_CASES})))
+    ours = grade(lambda r, g: V.score(r, g, fallback=True), OUTSIDE_CASES)
+    report('ours', ours, n)
+    mv = math_verify_scorer()
+    if mv is not None:
+        report('math-verify', grade(mv, OUTSIDE_CASES), n)
+    for e, r, g, src in ours['wrong'][:show]:
+        print('    ours wrong (label %s, %s): %r vs gold %r' % (e, src, r[-70:], str(g)[:40]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--show', type=int, default=30, help='our wrong cases to print')
@@ -182,6 +201,7 @@ def main():
     args = ap.parse_args()
     tests = load_tests()
     bench_table(tests, args.show)
+    bench_outside(args.show)
     if args.table_only:
         return
     golds = dataset_golds()

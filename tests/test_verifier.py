@@ -460,3 +460,13 @@ def test_dataset_golds_match_themselves_and_their_boxed_form():
                 if V.score(form % gold, gold, fallback=True) != 1.0:
                     bad.append((name, lineno, gold, form))
     assert n > 0 and not bad, bad[:20]
+
+
+def test_outside_table_is_sourced_and_never_falsely_accepted():
+    # a measurement, not a target (bench/verifier.py reports the score); a false accept
+    # there is still a loophole, so none is allowed
+    from verifier_outside_cases import OUTSIDE_CASES
+    assert len(OUTSIDE_CASES) >= 100
+    assert all(len(c) == 4 and c[3] and isinstance(c[2], bool) for c in OUTSIDE_CASES)
+    accepted = [c for c in OUTSIDE_CASES if not c[2] and V.score(c[0], c[1], fallback=True)]
+    assert not accepted, accepted
