@@ -1166,8 +1166,9 @@ def _pow(x, y):
 
 def _floats_can_tell(x):
     """An exact number about to go through floats must fit in one: the root of
-    1 + 10^{-20} would otherwise come out as exactly 1."""
-    if max(x.numerator.bit_length(), x.denominator.bit_length()) > 52:
+    1 + 10^{-20} would otherwise come out as exactly 1 (10^{20} itself is a float)."""
+    if max(x.numerator.bit_length(), x.denominator.bit_length()) > 52 and (
+            x.numerator.bit_length() > 1100 or Fraction(float(x)) != x):
         raise Unsupported('exact number beyond float precision')
 
 

@@ -386,6 +386,14 @@ HOSTILE += [
     '\\binom{x}{50}' * 30, '(x+1)!' * 100, '7 \\text{ thousand}' * 300, '1-4j' * 500,
     '\\mathbb{R}' * 1000, 'all real numbers ' * 2000, '1' + '\\approx 1' * 2000,
 ]
+# Inputs aimed at the answer tags, plain-text forms, units and exactness guards.
+HOSTILE += [
+    '2^{1/2^{100000}}', '(1+10^{-300})^{10^{300}}', '\\sqrt{' * 50 + '1+10^{-20}' + '}' * 50,
+    '<answer>' * 5000, '<answer>' + '1' * 40000 + '</answer>', '</answer>' * 5000 + '<answer>',
+    'pi' * 5000, 'pi ' * 3000, 'sqrt(' * 2000, '2^6 ' * 2000, '1 1/' + '9' * 5000,
+    '\u7b54\u6848\u662f' * 5000 + '5', '\u7b54\u6848\uff1a' * 5000, '08:34 P.M.' * 100,
+    '10weeks' * 1000, '[45 degrees' * 1000 + ']', '\\text{ km}' * 500, '5 ' + 'km/' * 300,
+]
 # Just under the 1,000-character cap, where the full normaliser and parser run.
 HOSTILE += [(u * 990)[:990 - len(end)] + end for end in ('', '1', '}' * 200) for u in (
     '\\frac{', '\\frac{1}{', '(', '\\sqrt{', '\\sqrt', 'x_{', "x'", '\\text{', '\\text{ cm}',
