@@ -15,7 +15,10 @@ The file reads top to bottom in the order one training step runs:
     compute_advantages        rewards [B] -> one advantage per response        (method 1, 2)
     shape_advantages          advantage [B] -> one advantage per token [B, T]  (method 2, 3)
     policy_loss               clipped surrogate + optional KL, aggregated      (method 4)
-  TRAINER (the same steps on real rollouts; see `train_step`), evaluation, checkpoints, CLI.
+  TRAINER (the same steps on real rollouts; see `train_step`), evaluation, the run, the CLI.
+Two files hold what a one-process reader can skip: processes.py (torchrun: each process's
+share of the rows and the few gathers that make N processes decide as one; no-ops in one
+process) and runs.py (the run's folder, lock, signals, checkpoints and metrics files).
 Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `mask`
 marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
 d hidden size, V vocabulary size.
@@ -27,10 +30,7 @@ import functools
 import json
 import math
 import os
-import shutil
-import signal
 import sys
-import threading
 import time
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -38,8 +38,11 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 import model
+import processes
+import runs
 import verifier
 from data import tasks
+from processes import full_weights, my_share
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -634,187 +637,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
 #   ppo_update        --ppo-epochs passes of micro-batches, accumulated, AdamW     (method 4)
 #   step_metrics      what metrics.jsonl logs of the step                          (method 6)
 # then evaluation, checkpoints, the run and the command line. One process, CPU or one GPU, or
-# N processes under torchrun (see `init_distributed`): each samples and trains on its share of
-# the rows, and the few collectives below make every decision the single-process one.
-
-# ----------------------------------------------------------------------------- processes
-# `torchrun --nproc-per-node N a3po.py` starts N copies of this script with RANK / WORLD_SIZE /
-# LOCAL_RANK set; `python a3po.py` is the N = 1 case and never touches torch.distributed.
-# Rank r owns the contiguous rows [r B/N, (r+1) B/N) of a batch (and groups likewise).
-
-def world() -> tuple[int, int]:
-    """(rank, number of processes) of this run: (0, 1) without a process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def launched_world_size() -> int:
-    """Processes torchrun started (WORLD_SIZE), known before the process group exists."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed(cfg: "Config"):
-    """Under torchrun with more than one process: join the process group, one GPU per process
-    on CUDA (LOCAL_RANK), gloo for CPU tensors, NCCL for CUDA ones. Ranks other than 0 print
-    nothing (stdout to /dev/null; errors still reach stderr). No-op for one process."""
-    if launched_world_size() == 1 or torch.distributed.is_initialized():
-        return
-    from datetime import timedelta
-    device = pick_device(cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # The timeout is how long a rank may wait at a collective: a rank that finished its rollouts
-    # waits there for the slowest one, so it must exceed the longest step, not a network hiccup.
-    # A rank that crashes is caught by torchrun (it stops the others), not by this timeout.
-    torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
-                                         timeout=timedelta(minutes=cfg.dist_timeout))
-    if world()[0] != 0:
-        sys.stdout = open(os.devnull, "w")
-
-
-def shutdown_distributed():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def share(n: int) -> range:
-    """This rank's contiguous share of n items (n need not divide: the first ranks get one more)."""
-    rank, N = world()
-    return range(rank * n // N, (rank + 1) * n // N)
-
-
-def all_gather_objects(obj) -> list:
-    """Every rank's `obj` (anything picklable), in rank order."""
-    if world()[1] == 1:
-        return [obj]
-    out = [None] * world()[1]
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj):
-    """Rank 0's `obj` on every rank."""
-    if world()[1] == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """t [b, ...], this rank's b rows -> [N * b, ...], every rank's rows in rank order (equal b)."""
-    if world()[1] == 1:
-        return t
-    out = t.new_empty((world()[1] * t.shape[0], *t.shape[1:]))
-    gather = getattr(torch.distributed, "all_gather_single", None) or torch.distributed.all_gather_into_tensor
-    gather(out, t.contiguous())  # (all_gather_single: the newer name of all_gather_into_tensor)
-    return out
-
-
-def all_reduce_floats(values: list[float], op: str = "sum") -> list[float]:
-    """Python numbers summed (or max'ed) over the ranks, in float64, in one collective."""
-    if world()[1] == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)  # CPU: gloo even when the model is on CUDA
-    torch.distributed.all_reduce(t, torch.distributed.ReduceOp.SUM if op == "sum" else torch.distributed.ReduceOp.MAX)
-    return t.tolist()
-
-
-def all_reduce_grads(params: list[torch.Tensor]):
-    """Sum the ranks' gradients with ONE all-reduce of a flat buffer (one call per tensor would
-    pay the collective's fixed cost ~40 times a step). Data parallel only: under --fsdp the
-    reduce-scatter in backward sums them. Not DDP: a3po runs the model through `hidden_states`
-    and `output_weight`, not `forward`, and DDP silently reduces only what forward produced."""
-    if world()[1] == 1:
-        return
-    for p in params:
-        if p.grad is None:  # a parameter this rank's rows did not reach still takes part
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])                   # [P]
-    torch.distributed.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def is_fsdp(policy) -> bool:
-    if world()[1] == 1:  # (an FSDP model needs a process group; one process never imports fsdp)
-        return False
-    from torch.distributed.fsdp import FSDPModule
-    return isinstance(policy, FSDPModule)
-
-
-def shard_model(net):
-    """--fsdp: FSDP2 on every block and the root, so parameters, gradients and AdamW state are
-    split over the ranks. a3po calls `hidden_states`, not forward, so it is registered as a
-    forward method (its hooks gather and free the weights). Gradients are SUMMED over the
-    ranks (divide factor 1, sum-only reductions): each rank's loss is already its share of the
-    whole batch's, as in `ppo_update`'s data-parallel path."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
-    for block in net.model.layers:
-        fully_shard(block)
-    # The root keeps its (embedding, final norm, output layer) weights gathered after forward:
-    # the trainer reads `output_weight` right after `hidden_states` returns.
-    fully_shard(net, reshard_after_forward=False)
-    register_fsdp_forward_method(net, "hidden_states")
-    for m in net.modules():
-        if isinstance(m, FSDPModule):
-            m.set_gradient_divide_factor(1.0)
-            m.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM / AVG
-    # FSDP sets itself up at the first forward through the root; generate's prefill calls the
-    # blocks directly, which would make each block a root of its own. So one forward now.
-    with torch.no_grad():
-        net.hidden_states(torch.zeros(1, 1, dtype=torch.long, device=net.output_weight.device))
-    reshard_root(net)
-    return net
-
-
-def reshard_root(net):
-    """Under --fsdp the root's weights stay gathered after a forward (see shard_model) until a
-    backward reshards them; while gathered, net.parameters() yields the gathered copies, which
-    the optimizer, clipping and checkpoints must not see. No-op otherwise."""
-    if is_fsdp(net):
-        net.reshard()
-
-
-@contextlib.contextmanager
-def full_weights(policy):
-    """Sampling on a sharded model: model.generate reads the weights directly (its decode steps
-    do not go through forward), so under --fsdp every block is gathered for the whole rollout and
-    kept gathered after forward, then sharded again. A plain model is used as it is."""
-    if not is_fsdp(policy):
-        yield policy
-        return
-    from torch.distributed.fsdp import FSDPModule
-    units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
-    for m in units:
-        m.set_reshard_after_forward(False)
-        m.unshard()
-    try:
-        yield policy
-    finally:
-        for m in units:
-            m.reshard()
-            m.set_reshard_after_forward(m is not policy)
-
-
-def agree_on_errors(error: BaseException | None):
-    """Every rank reaches this with its own error or None; all raise the first rank's error, so
-    a failure on one rank (rank 0's lock, a file it alone writes) never leaves the others waiting
-    at a collective."""
-    if world()[1] == 1:
-        if error is not None:
-            raise error
-        return
-    errors = all_gather_objects(None if error is None else str(error))
-    first = next((e for e in errors if e is not None), None)
-    if error is not None:
-        raise error
-    if first is not None:
-        raise UserError(first)
+# N processes under torchrun (processes.py): each samples and trains on its share of the rows
+# (`my_share`), and a few calls named for what they gather make every decision the
+# single-process one; with one process they do nothing.
 
 # ----------------------------------------------------------------------------- data
 
@@ -1013,7 +838,7 @@ def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, 
     """
     policy.eval()
     P, G = cfg.prompts_per_step, cfg.group_size
-    mine = share(P)  # this rank's groups of each round
+    mine = my_share(P)  # this process's groups of each round (all of them in one process)
     mixed, unmixed, drawn, t_gen, t_reward = [], [], [], 0.0, 0.0
     for tries in range(1, (cfg.max_sample_tries if cfg.dynamic_sampling else 1) + 1):
         idx = take_problems(data_pos, P, len(train_set), cfg.seed)[mine.start:mine.stop]
@@ -1022,9 +847,8 @@ def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, 
         with full_weights(policy):
             rollouts, tg, tr = rollout_groups(policy, tok, cfg, [train_set[j] for j in idx],
                                               [train_ids[j] for j in idx], keys)
-        if world()[1] > 1:  # the whole round everywhere; its time is the slowest rank's
-            parts = all_gather_objects((rollouts, tg, tr))
-            rollouts, tg, tr = [r for p in parts for r in p[0]], max(p[1] for p in parts), max(p[2] for p in parts)
+        # the whole round on every process; its time is the slowest process's
+        rollouts, tg, tr = processes.gather_lists(rollouts), processes.max_number(tg), processes.max_number(tr)
         drawn, t_gen, t_reward = drawn + rollouts, t_gen + tg, t_reward + tr
         is_mixed = group_is_mixed(torch.tensor([r.correct for r in rollouts]), G)  # [P]
         for g in range(P):
@@ -1087,7 +911,7 @@ def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
     whole [B, T] tensors, so the batch-wide token selection of method 3 is the one-process one."""
     policy.eval()
     B, T = batch.mask.shape
-    mine = share(B)
+    mine = my_share(B)
     k = 2 if ref_policy is None else 3                               # old, entropy (, ref)
     out = torch.zeros(len(mine), k, T, device=batch.mask.device)     # [b, k, T] this rank's rows
     for s in range(mine.start, mine.stop, cfg.micro_batch_size):
@@ -1097,8 +921,8 @@ def old_logprobs(policy, ref_policy, batch: Batch, cfg: Config):
         out[r, 0, :lp.shape[1]], out[r, 1, :lp.shape[1]] = lp, e
         if ref_policy is not None:
             out[r, 2, :lp.shape[1]] = response_logprobs(ref_policy, batch, rows, cfg)[0]
-    reshard_root(policy), reshard_root(ref_policy)
-    out = all_gather_rows(out)                                       # [B, k, T]
+    processes.reshard_root(policy), processes.reshard_root(ref_policy)
+    out = processes.gather_rows(out)                                 # [B, k, T]
     return out[:, 0], out[:, 1], (out[:, 2] if ref_policy is not None else None)
 
 
@@ -1135,10 +959,10 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
     logged, so every rank takes the same step or skips it.
     """
     policy.train()
-    mine = share(batch.mask.shape[0])
+    mine = my_share(batch.mask.shape[0])
     lens = loss_mask.sum(1)
     counts = dict(num_tokens=lens.sum().clamp(min=1), num_seqs=(lens > 0).sum().clamp(min=1))
-    reshard_root(policy)
+    processes.reshard_root(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     one_pass = old_logp is None
     assert not one_pass or cfg.ppo_epochs == 1, "pi_old from the update's forward needs one epoch"
@@ -1165,18 +989,13 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
                     sums[k] = sums.get(k, 0.0) + st[k] * st["num_tokens"]
             n += st["num_tokens"]
             ratio_max = max(ratio_max, st["ratio_max"])
-        if world()[1] > 1:
-            if not is_fsdp(policy):
-                all_reduce_grads(params)
-            keys = list(sums)  # MEAN_STATS order, the same keys on every rank
-            total = all_reduce_floats([loss, n, *(sums[k] for k in keys)])
-            loss, n, sums = total[0], total[1], dict(zip(keys, total[2:]))
-            ratio_max = all_reduce_floats([ratio_max], "max")[0]
+        processes.sum_gradients(policy, params)
+        keys = list(sums)  # MEAN_STATS order, the same keys on every process
+        total = processes.sum_numbers([loss, n, *(sums[k] for k in keys)])
+        loss, n, sums = total[0], total[1], dict(zip(keys, total[2:]))
+        ratio_max = processes.max_number(ratio_max)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor, the same on every rank
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
+        grad_norm = float(processes.full_value(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if skipped:
             optimizer.zero_grad(set_to_none=True)  # the weights and Adam moments stay as they were
@@ -1186,7 +1005,7 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
                 policy.optimizer_steps += 1
         epochs.append(dict({k: v / max(n, 1.0) for k, v in sums.items()}, ratio_max=ratio_max, loss=loss,
                            grad_norm=grad_norm, skipped=skipped))
-    return epochs, int(all_reduce_floats([tokens])[0]), (all_gather_rows(entropy) if one_pass else None)
+    return epochs, int(processes.sum_numbers([tokens])[0]), (processes.gather_rows(entropy) if one_pass else None)
 
 
 # ----------------------------------------------------------------------------- metrics (method 6)
@@ -1208,7 +1027,7 @@ def step_metrics(batch: Batch, adv, entropy, loss_mask, boosted_pos, boosted_neg
     lengths = mask.sum(1).float()                                     # [B]
     pos, neg = adv > 0, adv < 0                                       # [B]
     mean = lambda x, m: float((x * m).sum() / m.sum()) if bool(m.any()) else float("nan")
-    share = lambda b, m: float(b.sum() / m.sum()) if bool(m.any()) else 0.0
+    fraction = lambda b, m: float(b.sum() / m.sum()) if bool(m.any()) else 0.0
     drawn_adv = compute_advantages(torch.tensor([r.reward for r in drawn]), cfg.group_size, cfg,
                                    torch.tensor([r.correct for r in drawn]))
     return {
@@ -1216,9 +1035,9 @@ def step_metrics(batch: Batch, adv, entropy, loss_mask, boosted_pos, boosted_neg
         "length_pos": mean(lengths, pos), "length_neg": mean(lengths, neg),
         "entropy": mean(entropy, mask), "entropy_pos": mean(entropy, mask & pos[:, None]),
         "entropy_neg": mean(entropy, mask & neg[:, None]),
-        "boosted_pos": share(boosted_pos, loss_mask & pos[:, None]),
-        "boosted_neg": share(boosted_neg, loss_mask & neg[:, None]),
-        "boosted": share(boosted_pos | boosted_neg, loss_mask),
+        "boosted_pos": fraction(boosted_pos, loss_mask & pos[:, None]),
+        "boosted_neg": fraction(boosted_neg, loss_mask & neg[:, None]),
+        "boosted": fraction(boosted_pos | boosted_neg, loss_mask),
         "alpha_pos": alphas[0], "alpha_neg": alphas[1],
         **{k + "_drawn": v for k, v in batch_stats(drawn, drawn_adv).items()}, "rollouts_drawn": len(drawn),
     }
@@ -1321,7 +1140,7 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     Several processes: each evaluates its share of the problems and the counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
-    mine = share(len(problems))
+    mine = my_share(len(problems))
     per_problem, mine_sampled = [], []  # counts over each problem's samples; this rank's samples
     seqs = [prompt_ids[i] for i in mine for _ in range(n)]
     keys = eval_keys(cfg, mine, n)                                   # [len(mine) * n]
@@ -1348,9 +1167,9 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
         if samples is not None:
             mine_sampled += [dict(problem=i, sample=k, completion=texts[k], length=len(rs[k]),
                                   reward=rewards[k], truncated=cut[k]) for k in range(n)]
-    per_problem = [x for part in all_gather_objects(per_problem) for x in part]
+    per_problem = processes.gather_lists(per_problem)
     if samples is not None:
-        samples += [x for part in all_gather_objects(mine_sampled) for x in part]
+        samples += processes.gather_lists(mine_sampled)
     P = len(per_problem)
     total = lambda key: sum(x[key] for x in per_problem)
     out = {f"avg@{n}": total("correct") / (n * P)}
@@ -1365,162 +1184,6 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     return out
 
 
-# ----------------------------------------------------------------------------- files
-
-def write_atomic(path: str, text: str):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def append_jsonl(path: str, record: dict):
-    # NaN / inf (e.g. the entropy of positive samples when there are none) become null: strict JSON.
-    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else \
-        [clean(x) for x in v] if isinstance(v, list) else {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean(record), allow_nan=False) + "\n")
-
-
-def read_json(path: str, what: str) -> dict:
-    """A JSON object from a run folder; a corrupt file is an error naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: corrupt {what} ({e})") from None
-    need(isinstance(obj, dict), f"{path}: corrupt {what} (not a JSON object)")
-    return obj
-
-
-def truncate_jsonl(path: str, last_step: int):
-    """On resume, drop lines logged after the checkpoint (a crash may have outrun it). A torn
-    last line (the disk filled during an append) is dropped with a note; any other unreadable
-    line is an error naming file:line."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
-    keep = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            need(all(not rest.strip() for rest in lines[i:]), f"{path}:{i}: not a JSON line; fix or delete it")
-            print(f"{path}:{i}: dropped a torn last line (an append that did not finish)")
-            break
-        if record["step"] <= last_step:
-            keep.append(line + "\n")
-    write_atomic(path, "".join(keep))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
-    """run_dir/checkpoint = a Hugging Face folder (`model.load` and `--model` read it) plus
-    optimizer.safetensors (Adam moments) and trainer_state.json (step, data position, ...).
-    Written whole to checkpoint.tmp, then swapped in: a crash at any point leaves the last
-    good checkpoint (as checkpoint, or as checkpoint.old during the swap).
-    Several processes: call it on every rank. Rank 0 writes; under --fsdp the weights are
-    gathered to rank 0 first, and every rank writes its shard of the AdamW state into
-    checkpoint/optimizer/ (torch.distributed.checkpoint), so the folder needs a file system all
-    nodes share; optimizer.safetensors then holds only the random state."""
-    from safetensors.torch import save_file
-
-    rank, N = world()
-    fsdp = is_fsdp(policy)
-    reshard_root(policy)
-    finite = all(bool(torch.isfinite(p.to_local() if fsdp else p).all()) for p in policy.parameters())
-    if N > 1 and fsdp:  # each rank sees only its shards (data parallel: every rank has the same weights)
-        finite = all_reduce_floats([float(not finite)], "max")[0] == 0
-    if not finite:
-        raise RuntimeError("refusing to checkpoint non-finite weights")
-    final, tmp, old = (os.path.join(run_dir, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank == 0:
-        remove_stale_temporaries(run_dir)
-        if fsdp:  # a plain Transformer around the gathered tensors (meta: no memory, no init)
-            with torch.device("meta"):
-                plain = model.Transformer(policy.config)
-            plain.load_state_dict(full, assign=True)
-            model.save(plain, tok, tmp)
-            del plain, full
-        else:
-            model.save(policy, tok, tmp)
-    if fsdp:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        torch.distributed.barrier()  # checkpoint.tmp exists
-        dcp.save(get_optimizer_state_dict(policy, optimizer), checkpoint_id=os.path.join(tmp, "optimizer"))
-    if rank == 0:
-        opt = optimizer.state_dict()
-        tensors = {} if fsdp else {f"state.{i}.{k}": v.detach().cpu().contiguous()
-                                   for i, s in opt["state"].items() for k, v in s.items()}
-        tensors["rng.torch_cpu"] = torch.get_rng_state()
-        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-        write_atomic(os.path.join(tmp, "trainer_state.json"),
-                     json.dumps(dict(state, param_groups=opt["param_groups"]), indent=2))
-        if os.path.exists(final):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    if N > 1:
-        torch.distributed.barrier()  # no rank stops (or reads it on resume) before it is whole
-
-
-def remove_stale_temporaries(run_dir: str):
-    """Folders a killed save left behind (checkpoint.tmp, model.save's hidden .checkpoint.tmp.tmp-*).
-    Only the process holding the run's lock saves there, so none of them is in use."""
-    for name in os.listdir(run_dir):
-        if name == "checkpoint.tmp" or name.startswith(".checkpoint."):
-            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
-
-
-def find_checkpoint(run_dir: str) -> str | None:
-    for name in ("checkpoint", "checkpoint.old"):  # .old: a crash hit between the two renames
-        if os.path.exists(os.path.join(run_dir, name, "trainer_state.json")):
-            return os.path.join(run_dir, name)
-    return None
-
-
-def load_trainer_state(ckpt: str, optimizer, policy=None) -> dict:
-    """trainer_state.json, and the optimizer (and random) state into `optimizer`; under --fsdp
-    (policy sharded) each rank reads its shards from checkpoint/optimizer/."""
-    from safetensors.torch import load_file
-
-    state = read_json(os.path.join(ckpt, "trainer_state.json"), "trainer state")
-    path = os.path.join(ckpt, "optimizer.safetensors")
-    sharded = os.path.isdir(os.path.join(ckpt, "optimizer"))
-    fsdp = policy is not None and is_fsdp(policy)
-    need(sharded == fsdp, f"{ckpt}: {'an --fsdp' if sharded else 'a data-parallel'} checkpoint; resume it "
-         f"{'with --fsdp under torchrun' if sharded else 'without --fsdp'}")
-    try:
-        tensors = load_file(path)
-        torch.set_rng_state(tensors.pop("rng.torch_cpu"))
-        if fsdp:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-            path = os.path.join(ckpt, "optimizer")
-            osd = get_optimizer_state_dict(policy, optimizer)  # the layout to fill (it creates zero moments)
-            dcp.load(osd, checkpoint_id=path)
-            set_optimizer_state_dict(policy, optimizer, osd)
-            state.pop("param_groups")
-        else:
-            opt_state = {}
-            for key, v in tensors.items():  # "state.<param index>.<name>"
-                _, i, name = key.split(".", 2)
-                opt_state.setdefault(int(i), {})[name] = v
-            optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
-    except Exception as e:  # safetensors' own error, a missing key, a shape that does not fit
-        raise UserError(f"{path}: cannot restore the optimizer ({type(e).__name__}: {e})") from None
-    need(all(k in state for k in ("step", "data_pos")), f"{ckpt}/trainer_state.json: missing step / data_pos")
-    return state
-
-
 # ----------------------------------------------------------------------------- the run
 
 def check_config(cfg: Config):
@@ -1533,7 +1196,7 @@ def check_config(cfg: Config):
          f"--group-size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
     need(B % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide the batch of "
          f"--prompts-per-step {cfg.prompts_per_step} x --group-size {cfg.group_size} = {B} responses")
-    N = launched_world_size()
+    N = processes.launched_world_size()
     if N > 1:  # each process samples P / N prompts and trains on B / N rows in whole micro-batches
         need(cfg.prompts_per_step % N == 0, f"--prompts-per-step {cfg.prompts_per_step} does not divide over "
              f"{N} processes (torchrun --nproc-per-node x nodes): each samples an equal share of the prompts")
@@ -1562,74 +1225,6 @@ def check_config(cfg: Config):
          f"--model {cfg.model}: no Hugging Face model folder there (config.json missing)")
 
 
-def pick_device(cfg: Config) -> torch.device:
-    """--device; under torchrun, CUDA means this process's GPU, cuda:LOCAL_RANK."""
-    name = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and launched_world_size() > 1:
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return torch.device(name)
-
-
-def new_run_dir(cfg: Config) -> str:
-    # seed and pid: two runs started in the same second never share a folder
-    return os.path.join("runs", f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}-{os.getpid()}")
-
-
-def lock_run_dir(run_dir: str) -> str:
-    """Take run_dir/lock (our pid in it) so that a second process cannot train in the same folder;
-    a lock whose process is gone is taken over. Returns the lock's path (removed at the end)."""
-    path = os.path.join(run_dir, "lock")
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                holder = f.read().strip()
-            alive = holder.isdigit() and pid_alive(int(holder))
-            need(not alive, f"{run_dir} is in use by process {holder} (its lock: {path})")
-            os.remove(path)  # left by a process that died
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return path
-    raise UserError(f"{path}: cannot take the lock")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def install_stop_signals():
-    """First Ctrl-C (SIGINT) or SIGTERM (what timeout, SLURM and Kubernetes send before they
-    kill): finish the running step, save a checkpoint, exit 130 / 143. A second signal aborts at
-    once (the last checkpoint on disk stays intact), except under torchrun: there a Ctrl-C
-    reaches each worker twice (from the terminal's process group, then forwarded by torchrun,
-    with no bound on the delay), so later signals are ignored and torchrun's own SIGKILL after
-    --shutdown-timeout is the abort. Returns (stop dict, a function that restores the previous
-    handlers)."""
-    stop = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        return stop, lambda: None
-
-    def handler(signum, frame):
-        if stop["signal"] is not None:
-            if launched_world_size() > 1:
-                return
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-        again = "torchrun kills after --shutdown-timeout" if launched_world_size() > 1 else "a second signal aborts"
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint ({again})", flush=True)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    return stop, lambda: [signal.signal(s, h) for s, h in previous.items()]
-
-
 def resolve_defaults(cfg: Config) -> Config:
     """Fill in the settings whose default depends on others, so config.json records the values
     used, and a run extended on --resume keeps its schedules' horizons."""
@@ -1637,15 +1232,6 @@ def resolve_defaults(cfg: Config) -> Config:
         cfg = replace(cfg, loss_agg_constant=float(cfg.max_new_tokens))
     return replace(cfg, overlong_cache=overlong_cache(cfg), alpha_decay_steps=cfg.alpha_decay_steps or cfg.steps,
                    lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
-
-
-def record_changes(run_dir: str, cfg: Config, step: int):
-    """--resume --override: append to changes.jsonl which saved settings changed, from which step."""
-    saved = read_json(os.path.join(run_dir, "config.json"), "run config")
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    changed = {k: [saved[k], v] for k, v in now.items() if k in saved and k not in RUNTIME_FIELDS and saved[k] != v}
-    if changed:
-        append_jsonl(os.path.join(run_dir, "changes.jsonl"), dict(from_step=step + 1, changed=changed))
 
 
 def make_optimizer(policy, cfg: Config) -> torch.optim.Optimizer:
@@ -1695,13 +1281,13 @@ def prepare(cfg: Config) -> Run:
     it, under the name it chose; an error on any rank stops them all (agree_on_errors)."""
     check_config(cfg)
     cfg = resolve_defaults(cfg)
-    device = pick_device(cfg)
-    rank = world()[0]
-    run_dir = broadcast_object(cfg.resume or cfg.run_dir or new_run_dir(cfg))  # rank 0's name (its pid)
+    device = processes.pick_device(cfg.device)
+    rank = processes.world()[0]
+    run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or runs.new_run_dir(cfg.algo, cfg.seed))  # rank 0's name (its pid)
     cfg = replace(cfg, run_dir=run_dir)
     lock, error = None, None
     try:
-        ckpt = find_checkpoint(run_dir)
+        ckpt = runs.find_checkpoint(run_dir)
         need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
         need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
         train_set, eval_set = load_data(cfg)
@@ -1716,26 +1302,26 @@ def prepare(cfg: Config) -> Run:
             with input_errors():
                 ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
         if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
-            policy = shard_model(policy)
-            ref_policy = ref_policy if ref_policy is None else shard_model(ref_policy)
+            policy = processes.shard_model(policy)
+            ref_policy = ref_policy if ref_policy is None else processes.shard_model(ref_policy)
         optimizer = make_optimizer(policy, cfg)
         if rank == 0:
             with input_errors():  # (e.g. a --run-dir where we may not write)
                 os.makedirs(run_dir, exist_ok=True)
-            lock = lock_run_dir(run_dir)
-            remove_stale_temporaries(run_dir)
+            lock = runs.lock_run_dir(run_dir)
+            runs.remove_stale_temporaries(run_dir)
     except Exception as e:
         error = e
     try:
-        agree_on_errors(error)  # (before the checkpoint's collective reads)
+        processes.agree_on_errors(error, UserError)  # (before the checkpoint's collective reads)
         error = None
         try:
             if ckpt:
-                state = load_trainer_state(ckpt, optimizer, policy)
+                state = runs.load_trainer_state(ckpt, optimizer, policy)
                 if rank == 0:
                     for name in ("metrics.jsonl", "samples.jsonl"):
-                        truncate_jsonl(os.path.join(run_dir, name), state["step"])
-                    record_changes(run_dir, cfg, state["step"])
+                        runs.truncate_jsonl(os.path.join(run_dir, name), state["step"])
+                    runs.record_changes(run_dir, dataclasses.asdict(cfg), state["step"], RUNTIME_FIELDS)
             else:
                 if rank == 0:
                     for name in ("metrics.jsonl", "samples.jsonl"):
@@ -1743,10 +1329,10 @@ def prepare(cfg: Config) -> Run:
                 torch.manual_seed(cfg.seed)
                 state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
             if rank == 0:
-                write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+                runs.write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
         except Exception as e:
             error = e
-        agree_on_errors(error)
+        processes.agree_on_errors(error, UserError)
     except BaseException:
         if lock:
             os.remove(lock)
@@ -1758,31 +1344,31 @@ def run_training(run: Run) -> dict:
     """The steps, evaluations and checkpoints of a prepared run. Returns {"before": eval dict,
     "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
     cfg, policy, tok, state = run.cfg, run.policy, run.tok, run.state
-    rank, N = world()  # rank 0 writes the files and prints; every rank computes
+    rank, N = processes.world()  # rank 0 writes the files and prints; every rank computes
     metrics_path, samples_path = (os.path.join(cfg.run_dir, n) for n in ("metrics.jsonl", "samples.jsonl"))
     if state["step"]:
         print(f"resumed {cfg.run_dir} at step {state['step']}")
     print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
           f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
           f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}"
-          + (f", {N} processes{' (FSDP)' if is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
+          + (f", {N} processes{' (FSDP)' if processes.is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
 
     def run_eval(step):
         t0 = time.time()
         sampled = []
         ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids, sampled)
         if rank == 0:
-            append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
+            runs.append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
             for x in sampled:  # the first sample of the first --log-samples problems
                 if x["sample"] == 0 and x["problem"] < cfg.log_samples:
                     p = run.eval_set[x["problem"]]
-                    append_jsonl(samples_path, dict(step=step, split="eval", problem=x["problem"], prompt=p.prompt,
+                    runs.append_jsonl(samples_path, dict(step=step, split="eval", problem=x["problem"], prompt=p.prompt,
                                                     gold=p.answer, completion=x["completion"], reward=x["reward"]))
         print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
               + f" | {fmt_time(time.time() - t0)}", flush=True)
         return ev
 
-    stop, restore_signals = install_stop_signals()
+    stop, restore_signals = runs.install_stop_signals()
     t_start, first_step, step_seconds = time.time(), state["step"] + 1, 0.0
     try:
         if state["eval_before"] is None:
@@ -1793,18 +1379,18 @@ def run_training(run: Run) -> dict:
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
             if N > 1:  # a signal seen by any rank stops every rank after this same step
-                stop["signal"] = int(all_reduce_floats([stop["signal"] or 0], "max")[0]) or None
+                stop["signal"] = int(processes.all_reduce_floats([stop["signal"] or 0], "max")[0]) or None
             if rank == 0:
-                append_jsonl(metrics_path, m)
+                runs.append_jsonl(metrics_path, m)
                 for s in samples:
-                    append_jsonl(samples_path, s)
+                    runs.append_jsonl(samples_path, s)
             step_seconds += m["time_step"]
             print(progress_line(m, cfg, step_seconds / (step - first_step + 1) * (cfg.steps - step)), flush=True)
 
             if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 state["eval_last"] = run_eval(step)
             if step == cfg.steps or stop["signal"] or (cfg.save_every and step % cfg.save_every == 0):
-                save_checkpoint(cfg.run_dir, policy, tok, run.optimizer, state)  # skipped updates never changed the weights
+                runs.save_checkpoint(cfg.run_dir, policy, tok, run.optimizer, state)  # skipped updates never changed the weights
             if stop["signal"] and step < cfg.steps:
                 launcher = f"torchrun --nproc-per-node {N}" if N > 1 else "python"
                 print(f"stopped after step {step}; continue with: {launcher} a3po.py --resume {cfg.run_dir}")
@@ -1839,7 +1425,7 @@ def prepare_eval(cfg: Config):
     """--eval-only's loading: (policy, tok, held-out problems, their prompt ids)."""
     check_config(cfg)
     _, eval_set = load_data(cfg)
-    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, pick_device(cfg))
+    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, processes.pick_device(cfg.device))
     eval_ids = encode_prompts(eval_set, tok, cfg, policy.config.max_position_embeddings,
                               "--eval-data " + (cfg.eval_data or cfg.data))
     return policy, tok, eval_set, eval_ids
@@ -1925,7 +1511,7 @@ def parse_config(argv=None) -> Config:
         path = os.path.join(given["resume"], "config.json")
         need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
         need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
-        saved = read_json(path, "run config")
+        saved = runs.read_json(path, "run config")
         saved.pop("override", None)  # said for one resume, not for the next
         if "minibatch_size" in saved:  # runs saved before the rename
             saved["micro_batch_size"] = saved.pop("minibatch_size")
@@ -1961,12 +1547,12 @@ def main(argv=None):
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         check_config(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
-        init_distributed(cfg)
+        processes.init_distributed(cfg.device, cfg.dist_timeout)
         loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
-    except UserError as e:  # (the loaders' file:line errors arrive as UserError: see input_errors)
+    except (UserError, runs.RunError) as e:  # (the loaders' file:line errors arrive as UserError: see input_errors)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, also before the process group exists
             print(f"a3po: error: {e}", file=sys.stderr)
-        shutdown_distributed()
+        processes.shutdown_distributed()
         raise SystemExit(2)
     try:
         if cfg.eval_only:
@@ -1977,7 +1563,7 @@ def main(argv=None):
             print("\naborted (the last checkpoint, if any, is intact)")
             raise SystemExit(130)
     finally:
-        shutdown_distributed()
+        processes.shutdown_distributed()
     if result["stopped"]:
         raise SystemExit(128 + result["stopped"])
     return result

@@ -10,9 +10,9 @@ not depend on the process that samples it) with a small held-out set (the evalua
 timed); seconds per step is the mean `time_step` of metrics.jsonl (rank 0's, which includes
 waiting for the other rank), the first step left out (warm-up). They run one after the other.
 Collectives, timed under torchrun with 2 processes on the CPU (gloo), median of --repeats:
-  all-reduce of the default model's gradient as one flat buffer (a3po.all_reduce_grads) and as
+  all-reduce of the default model's gradient as one flat buffer (processes.all_reduce_grads) and as
   one call per parameter tensor; all-gather of pi_old and entropy of a [1024, 4096] batch
-  (a3po.all_gather_rows: each rank's [512, 2, 4096] -> [1024, 2, 4096], 32 MiB).
+  (processes.all_gather_rows: each rank's [512, 2, 4096] -> [1024, 2, 4096], 32 MiB).
 """
 import argparse
 import json
@@ -56,6 +56,7 @@ def collectives(repeats):
     import torch.distributed as dist
     sys.path.insert(0, REPO)
     import a3po
+    import processes
     import model
 
     torch.set_num_threads(1)
@@ -80,8 +81,8 @@ def collectives(repeats):
 
     rows = torch.randn(512, 2, 4096)
     res = dict(params=sum(p.numel() for p in params), tensors=len(params),
-               flat=timed(lambda: a3po.all_reduce_grads(params)), per_tensor=timed(per_tensor),
-               gather=timed(lambda: a3po.all_gather_rows(rows)))
+               flat=timed(lambda: processes.all_reduce_grads(params)), per_tensor=timed(per_tensor),
+               gather=timed(lambda: processes.all_gather_rows(rows)))
     if dist.get_rank() == 0:
         print(json.dumps(res))
     dist.destroy_process_group()

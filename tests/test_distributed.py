@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import a3po  # noqa: E402
 import model  # noqa: E402
+import processes  # noqa: E402
 from test_trainer import ROOT, N_DIGITS, deterministic, read_jsonl, shaped, tiny_args, tiny_batch  # noqa: E402
 
 AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum-norm")
@@ -109,8 +110,8 @@ def run_update_case(model_dir, case, fsdp=False, device="cpu"):
     net.gradient_checkpointing = checkpointing
     ref = model.load(model_dir, device=device)[0].requires_grad_(False) if with_ref else None
     if fsdp:
-        net = a3po.shard_model(net)
-        ref = ref if ref is None else a3po.shard_model(ref)
+        net = processes.shard_model(net)
+        ref = ref if ref is None else processes.shard_model(ref)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     old, ent, ref_logp = a3po.old_logprobs(net, ref, batch, cfg)
     epochs, _, _ = a3po.ppo_update(net, opt, batch, old, shaped(batch, old, ent, cfg), batch.mask, ref_logp, cfg)
@@ -120,7 +121,7 @@ def run_update_case(model_dir, case, fsdp=False, device="cpu"):
 
 def update_worker(out_path, model_dir, device):
     torch.set_num_threads(1)
-    if device == "cuda":  # as a3po.init_distributed: one GPU per process, NCCL for CUDA tensors
+    if device == "cuda":  # as processes.init_distributed: one GPU per process, NCCL for CUDA tensors
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = False

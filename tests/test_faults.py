@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import a3po
+import runs
 import model
 from test_trainer import ROOT, read_jsonl, tiny_args, write_jsonl, N_DIGITS
 
@@ -97,9 +98,9 @@ def test_kill_during_a_save_leaves_no_stale_folder_after_resume(tiny, tmp_path):
 
 def test_run_folders_are_unique_and_locked(tiny, tmp_path):
     cfg = a3po.parse_config(["--seed", "3"])
-    name = a3po.new_run_dir(cfg)
+    name = runs.new_run_dir(cfg.algo, cfg.seed)
     assert name.startswith(os.path.join("runs", "a3po-")) and name.endswith(f"-s3-{os.getpid()}")
-    assert a3po.new_run_dir(a3po.parse_config(["--seed", "4"])) != name
+    assert runs.new_run_dir("a3po", 4) != name
     run = tmp_path / "run"
     first = a3po_process(tiny_args(tiny, run, "--steps", "200"))
     try:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import a3po
+import runs
 import model
 import verifier
 from data import tasks
@@ -207,7 +208,7 @@ def test_nonfinite_update_is_skipped_and_never_saved(tiny, tmp_path, monkeypatch
         next(net.parameters())[0, 0] = float("nan")
     opt = torch.optim.AdamW(net.parameters())
     with pytest.raises(RuntimeError, match="non-finite"):
-        a3po.save_checkpoint(str(tmp_path), net, tok, opt, {"step": 1})
+        runs.save_checkpoint(str(tmp_path), net, tok, opt, {"step": 1})
     assert not (tmp_path / "checkpoint").exists()
 
 
