@@ -135,11 +135,7 @@ def run_ours(args, log_path: str) -> list[dict]:
            "--device", "cpu", "--dtype", "float32", "--seed", str(args.seed),
            "--eval-size", "1", "--eval-k", "1", "--log-samples", "0", "--run-dir", run_dir]
     try:
-        with open(log_path, "w") as log:
-            rc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=args.timeout).returncode
-        if rc != 0:
-            raise RuntimeError(f"a3po.py exited {rc}; its output ({log_path}) ends:\n{tail(log_path)}")
+        run_logged(cmd, log_path, "a3po.py", args.timeout)
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         steps = [r for r in rows if r.get("split") == "train"]
@@ -159,11 +155,7 @@ def run_trl(args, log_path: str) -> list[dict]:
     os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), "--trl-child", result] + child_flags(args)
     try:
-        with open(log_path, "w") as log:
-            rc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=args.timeout).returncode
-        if rc != 0:
-            raise RuntimeError(f"the TRL run exited {rc}; its output ({log_path}) ends:\n{tail(log_path)}")
+        run_logged(cmd, log_path, "the TRL run", args.timeout)
         with open(result) as f:
             return json.load(f)
     finally:
@@ -284,6 +276,15 @@ def trl_child(args):
 
 
 # ----------------------------------------------------------------------------- table
+
+def run_logged(cmd: list[str], log_path: str, what: str, timeout: float):
+    """Run cmd with its output in log_path; a non-zero exit is an error showing the log's end."""
+    with open(log_path, "w") as log:
+        rc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=timeout).returncode
+    if rc != 0:
+        raise RuntimeError(f"{what} exited {rc}; its output ({log_path}) ends:\n{tail(log_path)}")
+
 
 def tail(path: str, n: int = 30) -> str:
     with open(path, errors="replace") as f:

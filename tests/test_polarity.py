@@ -361,7 +361,7 @@ def test_study_end_to_end_on_a_tiny_model(tmp_path, capsys):
             f.writelines(json.dumps({"q": f"q{i % N_DIGITS}", "a": str(i % N_DIGITS)}) + "\n" for i in range(n))
     extra = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "train.jsonl"),
              "--eval-data", str(tmp_path / "eval.jsonl"), "--prompt-key", "q", "--answer-key", "a",
-             "--template", "plain", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
+             "--template", "plain", "--prompts-per-step", "4", "--group-size", "4", "--micro-batch-size", "8",
              "--max-new-tokens", "4", "--lr", "3e-3", "--warmup-steps", "1"]
     argv = ["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--steps", "2",
             "--eval-every", "1", "--eval-size", "8", "--seeds", "0", "1", "--variants", "psr", "a3po",

@@ -457,7 +457,7 @@ def test_help_names_a_section_for_every_flag():
     assert "--algo grpo: 0.2" in text  # a preset's own value is shown next to the default
     assert "docs/method.md" in text and "weighs as under token-mean" in text  # a help text is not cut short
     assert os.path.exists(os.path.join(ROOT, "docs", "method.md"))
-    assert a3po.parse_config(["--minibatch-size", "8"]).micro_batch_size == 8  # the old name still works
+    assert a3po.parse_config(["--micro-batch-size", "8"]).micro_batch_size == 8
     assert a3po.parse_config(["--raw-adv", "psr", "--raw-adv", "none"]).raw_adv is None
 
 
