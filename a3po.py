@@ -23,7 +23,6 @@ Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `
 marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
 d hidden size, V vocabulary size.
 """
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -32,17 +31,18 @@ import math
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+import cli
 import logprobs
 import model
 import processes
 import runs
 import verifier
 from data import tasks
+from cli import arg, flag, show
 from processes import full_weights, my_share
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -59,12 +59,6 @@ def need(ok: bool, msg: str):
 
 
 # ============================================================================ config
-
-def arg(default, section: str, help: str, choices: tuple | None = None):
-    """A Config field with its --help text, the docs/method.md section it belongs to and, for a
-    string setting, the allowed values (checked in Config.__post_init__, offered by --help)."""
-    return field(default=default, metadata=dict(section=section, help=help, choices=choices))
-
 
 @dataclass
 class Config:
@@ -201,10 +195,27 @@ class Config:
             need(getattr(self, name) is None or getattr(self, name) > 0, f"--{flag(name)} {getattr(self, name)}: must be > 0")
         need(self.loss_agg_constant is None or self.loss_agg_constant > 0,
              f"--loss-agg-constant {self.loss_agg_constant}: must be > 0")
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
+                     "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
+            need(getattr(self, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(self, name)})")
+        B = self.prompts_per_step * self.group_size
+        need(self.adv_norm == "raw" or self.group_size >= 2,
+             f"--group-size {self.group_size}: group-relative advantages need at least 2 responses per prompt")
+        need(B % self.micro_batch_size == 0, f"--micro-batch-size {self.micro_batch_size} does not divide the batch "
+             f"of --prompts-per-step {self.prompts_per_step} x --group-size {self.group_size} = {B} responses")
+        need(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout} must be > 0 (minutes)")
+        need(0 < self.temperature <= 100,
+             f"--temperature {self.temperature}: training needs (0, 100] (log-probs use hidden / T)")
+        need(0 < self.top_p <= 1, f"--top-p {self.top_p} must be in (0, 1]")
+        need(self.threads >= 0, f"--threads {self.threads} must be >= 0 (0 = torch's default)")
+        need(0 <= self.lr <= 1, f"--lr {self.lr} must be in [0, 1]")
+        need(self.warmup_steps >= 0 and self.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
+        need(self.grad_clip >= 0, f"--grad-clip {self.grad_clip} must be >= 0 (0 = no clipping)")
+        need(len(self.eval_k) > 0 and min(self.eval_k) >= 1,
+             f"--eval-k {' '.join(map(str, self.eval_k))}: give one or more k >= 1")
+        need(self.overlong_cache is None or 0 <= self.overlong_cache < self.max_new_tokens,
+             f"--overlong-cache {self.overlong_cache}: must be in [0, --max-new-tokens {self.max_new_tokens}) "
+             f"(a cache as long as the limit would make the soft penalty a plain length penalty)")
 
 
 # Method section 5, one line per preset, every column of its table. PSR / NSR / W-REINFORCE
@@ -262,7 +273,7 @@ def overlong_reward_penalty(lengths: torch.Tensor, max_len: int, cache: int, fac
     0 up to max_len - cache tokens, then a linear ramp down to -factor at max_len (and
     beyond), so a response is told it is getting long before it is cut off.
     """
-    need(0 <= cache < max_len, f"overlong penalty: need 0 <= cache < max_len (got cache {cache}, max_len {max_len})")
+    assert 0 <= cache < max_len, (cache, max_len)  # (--overlong-cache is checked in Config)
     over = lengths.double() - (max_len - cache)                      # [B] tokens into the cache zone
     ramp = over / cache if cache > 0 else (over > 0).double()       # cache 0: only past max_len
     return (-factor * ramp.clamp(0, 1)).float()
@@ -556,17 +567,67 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
 
 
 # ============================================================================ TRAINER
-# The same steps on real rollouts. `train_step` runs, in this order:
+# The same steps on real rollouts. `train_step`, first below, runs in this order:
 #   sample_batch      prompts -> group_size responses each (model.generate), rewards
 #                     (verifier.score + overlong penalty), dynamic sampling       (method 1, 4)
 #   old_logprobs      pi_old log-probs and entropies from the training model       (method 4, 7)
 #   compute_advantages, boost_factors, shape_advantages (MATH above)               (method 1-3)
 #   ppo_update        --ppo-epochs passes of micro-batches, accumulated, AdamW     (method 4)
 #   step_metrics      what metrics.jsonl logs of the step                          (method 6)
-# then evaluation, checkpoints, the run and the command line. One process, CPU or one GPU, or
-# N processes under torchrun (processes.py): each samples and trains on its share of the rows
-# (`my_share`), and a few calls named for what they gather make every decision the
-# single-process one; with one process they do nothing.
+# and the functions follow it in that order; then evaluation, the run and the command line.
+# One process, CPU or one GPU, or N processes under torchrun (processes.py): each samples and
+# trains on its share of the rows (`my_share`), and a few calls named for what they gather
+# make every decision the single-process one; with one process they do nothing.
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train_set, train_ids, state: dict):
+    """One RL step (step = 1 .. S): rollouts -> rewards -> pi_old -> advantages -> shaping -> PPO epochs.
+    Returns (metrics of method section 6, a few samples for samples.jsonl)."""
+    device = policy.output_weight.device
+    t0 = time.time()
+    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step, row), and
+    #    the data position is saved, so a resumed run draws exactly what an uninterrupted one
+    #    would, with any number of processes.
+    batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
+                                                         step, device)
+    t1 = time.time()
+    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them;
+    #    with one epoch and no reference model, the update's own forward (see pi_old_from_update).
+    one_pass = pi_old_from_update(cfg)
+    old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
+    t2 = time.time()
+    # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
+    #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
+    adv = compute_advantages(batch.reward, cfg.group_size, cfg, batch.correct)          # [B]
+    loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
+    alphas = boost_factors(step - 1, cfg)
+    tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
+    rank_by = batch.sample_logp if one_pass else old_logp                               # [B, T]
+    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, rank_by, loss_mask, alphas, cfg, entropy,
+                                                           tie_break)                   # [B, T]
+    # 4. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    epochs, train_tokens, update_entropy = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask,
+                                                      ref_logp, cfg)
+    entropy = update_entropy if one_pass else entropy
+    t3 = time.time()
+
+    m = dict(step=step, split="train",
+             **step_metrics(batch, adv, entropy, loss_mask, boosted_pos, boosted_neg, alphas, drawn, cfg),
+             **update_metrics(epochs), lr=optimizer.param_groups[0]["lr"], ds_tries=info["ds_tries"],
+             ds_mixed_groups=info["ds_mixed_groups"],
+             gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
+             train_tokens_per_s=train_tokens / max(t3 - t2, 1e-9),
+             time_generate=info["time_generate"], time_reward=info["time_reward"],
+             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
+    G = cfg.group_size
+    samples = [dict(step=step, split="train", prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text,
+                    reward=r.reward, advantage=float(adv[i * G]))
+               for i, r in enumerate(batch.rollouts[:cfg.log_samples * G:G])]  # one response per group
+    return m, samples
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -980,55 +1041,7 @@ def update_metrics(epochs: list[dict]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- one step
-
-def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train_set, train_ids, state: dict):
-    """One RL step (step = 1 .. S): rollouts -> rewards -> pi_old -> advantages -> shaping -> PPO epochs.
-    Returns (metrics of method section 6, a few samples for samples.jsonl)."""
-    device = policy.output_weight.device
-    t0 = time.time()
-    # 1. Rollouts and rewards. Sampling randomness is a pure function of (seed, step, row), and
-    #    the data position is saved, so a resumed run draws exactly what an uninterrupted one
-    #    would, with any number of processes.
-    batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
-                                                         step, device)
-    t1 = time.time()
-    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them;
-    #    with one epoch and no reference model, the update's own forward (see pi_old_from_update).
-    one_pass = pi_old_from_update(cfg)
-    old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
-    t2 = time.time()
-    # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
-    #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
-    adv = compute_advantages(batch.reward, cfg.group_size, cfg, batch.correct)          # [B]
-    loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
-    alphas = boost_factors(step - 1, cfg)
-    tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
-    rank_by = batch.sample_logp if one_pass else old_logp                               # [B, T]
-    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, rank_by, loss_mask, alphas, cfg, entropy,
-                                                           tie_break)                   # [B, T]
-    # 4. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(step, cfg)
-    epochs, train_tokens, update_entropy = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask,
-                                                      ref_logp, cfg)
-    entropy = update_entropy if one_pass else entropy
-    t3 = time.time()
-
-    m = dict(step=step, split="train",
-             **step_metrics(batch, adv, entropy, loss_mask, boosted_pos, boosted_neg, alphas, drawn, cfg),
-             **update_metrics(epochs), lr=optimizer.param_groups[0]["lr"], ds_tries=info["ds_tries"],
-             ds_mixed_groups=info["ds_mixed_groups"],
-             gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
-             train_tokens_per_s=train_tokens / max(t3 - t2, 1e-9),
-             time_generate=info["time_generate"], time_reward=info["time_reward"],
-             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
-    G = cfg.group_size
-    samples = [dict(step=step, split="train", prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text,
-                    reward=r.reward, advantage=float(adv[i * G]))
-               for i, r in enumerate(batch.rollouts[:cfg.log_samples * G:G])]  # one response per group
-    return m, samples
-
+# ----------------------------------------------------------------------------- console
 
 def progress_line(m: dict, cfg: Config, eta: float) -> str:
     line = (f"step {m['step']:4d}/{cfg.steps} | reward {m['reward']:.3f} | acc {m['accuracy']:.3f} "
@@ -1114,15 +1127,10 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
 # ----------------------------------------------------------------------------- the run
 
 def check_config(cfg: Config):
-    """Trainer settings that cannot work fail here, before anything is loaded."""
+    """What the settings need of this machine, before anything is loaded: the files and model
+    folder they name, and a batch that splits over the processes torchrun started. (The settings'
+    own values are checked where they are made, in Config.__post_init__.)"""
     B = cfg.prompts_per_step * cfg.group_size
-    for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
-                 "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
-        need(getattr(cfg, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(cfg, name)})")
-    need(cfg.adv_norm == "raw" or cfg.group_size >= 2,
-         f"--group-size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
-    need(B % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide the batch of "
-         f"--prompts-per-step {cfg.prompts_per_step} x --group-size {cfg.group_size} = {B} responses")
     N = processes.launched_world_size()
     if N > 1:  # each process samples P / N prompts and trains on B / N rows in whole micro-batches
         need(cfg.prompts_per_step % N == 0, f"--prompts-per-step {cfg.prompts_per_step} does not divide over "
@@ -1133,17 +1141,6 @@ def check_config(cfg: Config):
              f"(process i takes GPU LOCAL_RANK)")
     need(not cfg.fsdp or N > 1, "--fsdp shards the model over processes: start it with torchrun --nproc-per-node N "
          "(N >= 2)")
-    need(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 (minutes)")
-    need(0 < cfg.temperature <= 100, f"--temperature {cfg.temperature}: training needs (0, 100] (log-probs use hidden / T)")
-    need(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p} must be in (0, 1]")
-    need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = torch's default)")
-    need(0 <= cfg.lr <= 1, f"--lr {cfg.lr} must be in [0, 1]")
-    need(cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
-    need(cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip} must be >= 0 (0 = no clipping)")
-    need(len(cfg.eval_k) > 0 and min(cfg.eval_k) >= 1, f"--eval-k {' '.join(map(str, cfg.eval_k))}: give one or more k >= 1")
-    need(cfg.overlong_cache is None or 0 <= cfg.overlong_cache < cfg.max_new_tokens,
-         f"--overlong-cache {cfg.overlong_cache}: must be in [0, --max-new-tokens {cfg.max_new_tokens}) "
-         f"(a cache as long as the limit would make the soft penalty a plain length penalty)")
     need(cfg.data in ("synthetic", "search") or os.path.isfile(cfg.data),
          f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
     need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
@@ -1370,56 +1367,13 @@ def eval_only(cfg: Config, loaded=None) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def show(v) -> str:
-    return "on" if v is True else "off" if v is False else " ".join(map(str, v)) if isinstance(v, tuple) else str(v)
-
-
-def optional(convert):
-    """A flag converter that also takes 'none' (turns the setting off)."""
-    def parse(text):
-        return None if text == "none" else convert(text)
-    parse.__name__ = convert.__name__  # argparse names the type in its error message
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One flag per Config field, its help from the field. Defaults are SUPPRESSed so that
-    parse_args returns only the flags the user typed: those override the preset of --algo."""
-    p = argparse.ArgumentParser(
-        prog="a3po", argument_default=argparse.SUPPRESS,
-        description="A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU, or on N "
-                    "processes with `torchrun --nproc-per-node N a3po.py` (the same rollouts for any N). With no "
-                    "arguments: the a3po preset on the shipped model and synthetic task. [method N] tags name the "
-                    "sections of docs/method.md. A setting whose default is 'none' is off unless given; "
-                    "'--X none' turns it off again.")
-    defaults = Config()
-    for f in fields(Config):
-        meta, default = f.metadata, getattr(defaults, f.name)
-        tag = "[trainer]" if meta["section"] == "trainer" else f"[method {meta['section']}]"
-        text = f"{tag} {meta['help']}"
-        if default is not None:
-            text += f" (default: {show(default)}"
-            if f.name in PRESET_FIELDS:  # the presets that set another value
-                other = {}
-                for a, v in PRESETS.items():
-                    if v[f.name] != default:
-                        other.setdefault(show(v[f.name]), []).append(a)
-                text += "".join(f"; --algo {', '.join(a)}: {v}" for v, a in other.items())
-            text += ")"
-        names = ["--" + flag(f.name)]
-        args = typing.get_args(f.type)
-        base = next((a for a in args if a is not type(None)), f.type) if type(None) in args else f.type
-        kw = dict(dest=f.name, help=text.replace("%", "%%"))
-        if base is bool:
-            p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
-        elif typing.get_origin(base) is tuple:
-            p.add_argument(*names, type=int, nargs="+", metavar="K", **kw)
-        elif meta["choices"]:
-            p.add_argument(*names, choices=list(meta["choices"]) + (["none"] if f.default is None else []), **kw)
-        else:  # "none" turns an optional setting off
-            conv = optional(base) if f.default is None else base
-            p.add_argument(*names, type=conv, metavar={int: "N", float: "X"}.get(base, "S"), **kw)
-    return p
+def build_parser():
+    """The flags: one per Config field (cli.py), the presets' values shown next to the defaults."""
+    return cli.build_parser(Config, PRESETS, prog="a3po", description=(
+        "A3PO and its baselines (GRPO, DAPO, PSR, NSR, W-REINFORCE) on one CPU or GPU, or on N processes with "
+        "`torchrun --nproc-per-node N a3po.py` (the same rollouts for any N). With no arguments: the a3po preset "
+        "on the shipped model and synthetic task. [method N] tags name the sections of docs/method.md. A setting "
+        "whose default is 'none' is off unless given; '--X none' turns it off again."))
 
 
 # How a run is executed, not what it computes: free to differ on --resume.

@@ -304,7 +304,9 @@ def test_overlong_penalty():
     got = a3po.overlong_reward_penalty(torch.tensor([3, 6, 7, 9, 10, 12]), 10, 4)
     assert torch.allclose(got, torch.tensor([0, 0, -0.25, -0.75, -1, -1]))
     assert a3po.overlong_reward_penalty(torch.tensor([5, 10, 11]), 10, 0, 0.5).tolist() == [0, 0, -0.5]
-    with pytest.raises(ValueError, match="cache < max_len"):  # a cache as long as the limit: a plain length penalty
+    with pytest.raises(ValueError, match="--overlong-cache 10"):  # a cache as long as the limit: a plain length penalty
+        a3po.apply_preset("a3po", dict(max_new_tokens=10, overlong_cache=10))
+    with pytest.raises(AssertionError):  # the math function only asserts what Config has checked
         a3po.overlong_reward_penalty(torch.tensor([5]), 10, 10)
 
 
