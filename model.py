@@ -716,6 +716,9 @@ def _inverse_cdf(e, top_p, top_k, u):
         before = sorted_e.cumsum(-1) - sorted_e  # mass of the more likely tokens
         drop = before > top_p * sorted_e.sum(-1, keepdim=True)
         e = e.masked_fill(drop.scatter(-1, idx, drop), 0.0)
+    if e.shape[-1] <= 4 * CDF_BLOCK:  # a small vocabulary: one running sum costs less than two levels of ops
+        c = e.double().cumsum_(-1)  # [B, V]
+        return torch.searchsorted(c, u * c[:, -1:], right=True).clamp_(max=e.shape[-1] - 1)
     return _two_level_search(e, u)
 
 
