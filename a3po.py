@@ -16,9 +16,10 @@ The file reads top to bottom in the order one training step runs:
     shape_advantages          advantage [B] -> one advantage per token [B, T]  (method 2, 3)
     policy_loss               clipped surrogate + optional KL, aggregated      (method 4)
   TRAINER (the same steps on real rollouts; see `train_step`), evaluation, the run, the CLI.
-Two files hold what a one-process reader can skip: processes.py (torchrun: each process's
+Files hold what a reader of the algorithm can skip: processes.py (torchrun: each process's
 share of the rows and the few gathers that make N processes decide as one; no-ops in one
-process) and runs.py (the run's folder, lock, signals, checkpoints and metrics files).
+process), runs.py (the run's folder, lock, signals, checkpoints and metrics files),
+logprobs.py (the chunked log-prob kernel) and cli.py (flags from Config's fields).
 Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `mask`
 marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
 d hidden size, V vocabulary size.
@@ -771,19 +772,20 @@ def rollout_groups(policy, tok, cfg: Config, problems, prompts, keys) -> tuple[l
     seqs = [p for p in prompts for _ in range(cfg.group_size)]
     chunk = cfg.gen_batch_size or max(len(seqs), 1)
     t0 = time.time()
-    responses, logprobs = [], []
+    responses, sampler_logp = [], []
     for s in range(0, len(seqs), chunk):
         r, lp = model.generate(policy, seqs[s:s + chunk], cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                eos_ids=tok.eos_ids, row_keys=keys[s:s + chunk],
                                weights_version=weights_version(policy))
-        responses, logprobs = responses + r, logprobs + lp
+        responses += r
+        sampler_logp += lp
     t1 = time.time()
     out = []
     for i, (prompt, response) in enumerate(zip(seqs, responses)):
         problem, text = problems[i // cfg.group_size], tok.decode(response)
         correct = reward(text, problem)
         out.append(Rollout(prompt, response, text, problem, correct, correct, response[-1] not in tok.eos_ids,
-                           logprobs[i]))
+                           sampler_logp[i]))
     if cfg.overlong_penalty:
         penalty = overlong_reward_penalty(torch.tensor([len(r.response) for r in out]), cfg.max_new_tokens,
                                           overlong_cache(cfg), cfg.overlong_penalty_factor)
@@ -836,7 +838,7 @@ def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, 
             rollouts, tg, tr = rollout_groups(policy, tok, cfg, [train_set[j] for j in idx],
                                               [train_ids[j] for j in idx], keys)
         # the whole round on every process; its time is the slowest process's
-        rollouts, tg, tr = processes.gather_lists(rollouts), processes.max_number(tg), processes.max_number(tr)
+        rollouts, (tg, tr) = processes.gather_lists(rollouts), processes.max_numbers([tg, tr])
         drawn, t_gen, t_reward = drawn + rollouts, t_gen + tg, t_reward + tr
         is_mixed = group_is_mixed(torch.tensor([r.correct for r in rollouts]), G)  # [P]
         for g in range(P):
@@ -981,7 +983,7 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
         keys = list(sums)  # MEAN_STATS order, the same keys on every process
         total = processes.sum_numbers([loss, n, *(sums[k] for k in keys)])
         loss, n, sums = total[0], total[1], dict(zip(keys, total[2:]))
-        ratio_max = processes.max_number(ratio_max)
+        ratio_max = processes.max_numbers([ratio_max])[0]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = float(processes.full_value(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
@@ -1207,7 +1209,8 @@ def prepare(cfg: Config) -> Run:
     cfg = resolve_defaults(cfg)
     device = processes.pick_device(cfg.device)
     rank = processes.world()[0]
-    run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or runs.new_run_dir(cfg.algo, cfg.seed))  # rank 0's name (its pid)
+    # rank 0's name (its pid) on every process
+    run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or runs.new_run_dir(cfg.algo, cfg.seed))
     cfg = replace(cfg, run_dir=run_dir)
     lock, error = None, None
     try:
@@ -1302,8 +1305,8 @@ def run_training(run: Run) -> dict:
                                     run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
-            if N > 1:  # a signal seen by any rank stops every rank after this same step
-                stop["signal"] = int(processes.all_reduce_floats([stop["signal"] or 0], "max")[0]) or None
+            # a signal seen by any process stops every process after this same step
+            stop["signal"] = int(processes.max_numbers([stop["signal"] or 0])[0]) or None
             if rank == 0:
                 runs.append_jsonl(metrics_path, m)
                 for s in samples:

@@ -739,7 +739,8 @@ def _two_level_search(e, u):
     target = u * cum[:, -1:]                                                # [B, 1]
     # a block of zero mass never holds the point: right=True skips past equal running sums
     b = torch.searchsorted(cum, target, right=True).clamp_(max=nb - 1)      # [B, 1]
-    inside = ((target - cum.gather(-1, b) + mass.gather(-1, b)) / mass.gather(-1, b)).clamp_(min=0)  # [B, 1] share of the block
+    mass_b = mass.gather(-1, b)                                             # [B, 1]
+    inside = ((target - cum.gather(-1, b) + mass_b) / mass_b).clamp_(min=0)  # [B, 1] share of the block
     run = blocks.gather(1, b[:, :, None].expand(B, 1, CDF_BLOCK))[:, 0].double().cumsum_(-1)  # [B, K]
     j = torch.searchsorted(run, inside * run[:, -1:], right=True)          # [B, 1]
     last = (run < run[:, -1:]).sum(-1, keepdim=True)                        # the block's last token with mass

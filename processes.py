@@ -209,15 +209,6 @@ def my_share(n: int) -> range:
     return share(n)
 
 
-def is_main_process() -> bool:
-    """Process 0 writes the run's files and prints."""
-    return world()[0] == 0
-
-
-def process_count() -> int:
-    return world()[1]
-
-
 def gather_lists(items: list) -> list:
     """Every process's list, concatenated in process order (the whole round's rollouts, every
     held-out problem's counts): the same list on every process."""
@@ -234,8 +225,9 @@ def sum_numbers(values: list[float]) -> list[float]:
     return all_reduce_floats(values, "sum")
 
 
-def max_number(value: float) -> float:
-    return all_reduce_floats([value], "max")[0]
+def max_numbers(values: list[float]) -> list[float]:
+    """Each number's maximum over the processes (the slowest process's time, a signal any saw)."""
+    return all_reduce_floats(values, "max")
 
 
 def sum_gradients(policy, params: list[torch.Tensor]):
