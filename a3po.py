@@ -15,21 +15,19 @@ The file reads top to bottom in the order one training step runs:
     compute_advantages        rewards [B] -> one advantage per response        (method 1, 2)
     shape_advantages          advantage [B] -> one advantage per token [B, T]  (method 2, 3)
     policy_loss               clipped surrogate + optional KL, aggregated      (method 4)
-  TRAINER (the same steps on real rollouts; see `train_step`), evaluation, the run, the CLI.
+  TRAINER  train_step (the same steps on real rollouts), then the functions it calls in its
+           order, evaluation, the training loop and main.
 Files hold what a reader of the algorithm can skip: processes.py (torchrun: each process's
 share of the rows and the few gathers that make N processes decide as one; no-ops in one
-process), runs.py (the run's folder, lock, signals, checkpoints and metrics files),
-logprobs.py (the chunked log-prob kernel) and cli.py (flags from Config's fields).
+process), runs.py (loading a run, its folder, lock, signals, checkpoints and log files),
+logprobs.py (the chunked log-prob kernel) and cli.py (flags from Config's fields, their checks).
 Shapes: B responses (= prompts * group_size), T response tokens (right-padded, `mask`
 marks real tokens, the EOS that ended a response included), N = B*T flattened rows,
 d hidden size, V vocabulary size.
 """
 import contextlib
-import dataclasses
 import functools
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -43,21 +41,8 @@ import processes
 import runs
 import verifier
 from data import tasks
-from cli import arg, flag, show
+from cli import UserError, arg, need
 from processes import full_weights, my_share
-
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class UserError(ValueError):
-    """Bad flags, files or data: printed as one line `a3po: error: ...` (exit 2), no traceback."""
-
-
-def need(ok: bool, msg: str):
-    """The one check helper: argument and input errors name what is wrong."""
-    if not ok:
-        raise UserError(msg)
-
 
 # ============================================================================ config
 
@@ -178,45 +163,7 @@ class Config:
                               "collective before the job fails (must exceed the slowest step)")
 
     def __post_init__(self):
-        # Bad settings fail here, before any compute, with the flag's name.
-        for f in fields(self):
-            v, allowed = getattr(self, f.name), f.metadata["choices"]
-            need(allowed is None or v in allowed or (v is None and f.default is None),
-                 f"--{flag(f.name)} {v!r}: must be one of {', '.join(allowed or ())}")
-            if isinstance(v, float):  # inf / nan / beyond float32 would surface mid-run as something else
-                need(math.isfinite(v) and abs(v) < 1e30, f"--{flag(f.name)} {v}: must be a finite number")
-        need(self.adv_norm != "raw" or self.raw_adv is not None, "--adv-norm raw needs --raw-adv psr|nsr|w-reinforce")
-        for name in ("rho_pos", "rho_neg"):
-            need(0.0 <= getattr(self, name) <= 1.0, f"--{flag(name)} {getattr(self, name)}: must be in [0, 1]")
-        for name in ("eps_low", "eps_high", "kl_coef", "adv_eps", "w_pos", "w_neg", "wreinforce_lambda"):
-            need(getattr(self, name) >= 0, f"--{flag(name)} {getattr(self, name)}: must be >= 0")
-        need(self.eps_low < 1, f"--eps-low {self.eps_low}: must be < 1 (ratio floor 1 - eps_low > 0)")
-        need(self.clip_c is None or self.clip_c > 1, f"--clip-c {self.clip_c}: the dual-clip bound must be > 1")
-        for name in ("alpha_decay_steps", "lr_decay_steps"):
-            need(getattr(self, name) is None or getattr(self, name) > 0, f"--{flag(name)} {getattr(self, name)}: must be > 0")
-        need(self.loss_agg_constant is None or self.loss_agg_constant > 0,
-             f"--loss-agg-constant {self.loss_agg_constant}: must be > 0")
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
-                     "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
-            need(getattr(self, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(self, name)})")
-        B = self.prompts_per_step * self.group_size
-        need(self.adv_norm == "raw" or self.group_size >= 2,
-             f"--group-size {self.group_size}: group-relative advantages need at least 2 responses per prompt")
-        need(B % self.micro_batch_size == 0, f"--micro-batch-size {self.micro_batch_size} does not divide the batch "
-             f"of --prompts-per-step {self.prompts_per_step} x --group-size {self.group_size} = {B} responses")
-        need(self.dist_timeout > 0, f"--dist-timeout {self.dist_timeout} must be > 0 (minutes)")
-        need(0 < self.temperature <= 100,
-             f"--temperature {self.temperature}: training needs (0, 100] (log-probs use hidden / T)")
-        need(0 < self.top_p <= 1, f"--top-p {self.top_p} must be in (0, 1]")
-        need(self.threads >= 0, f"--threads {self.threads} must be >= 0 (0 = torch's default)")
-        need(0 <= self.lr <= 1, f"--lr {self.lr} must be in [0, 1]")
-        need(self.warmup_steps >= 0 and self.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
-        need(self.grad_clip >= 0, f"--grad-clip {self.grad_clip} must be >= 0 (0 = no clipping)")
-        need(len(self.eval_k) > 0 and min(self.eval_k) >= 1,
-             f"--eval-k {' '.join(map(str, self.eval_k))}: give one or more k >= 1")
-        need(self.overlong_cache is None or 0 <= self.overlong_cache < self.max_new_tokens,
-             f"--overlong-cache {self.overlong_cache}: must be in [0, --max-new-tokens {self.max_new_tokens}) "
-             f"(a cache as long as the limit would make the soft penalty a plain length penalty)")
+        cli.check_settings(self)  # a bad value fails here, before any compute, naming its flag
 
 
 # Method section 5, one line per preset, every column of its table. PSR / NSR / W-REINFORCE
@@ -568,17 +515,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
 
 
 # ============================================================================ TRAINER
-# The same steps on real rollouts. `train_step`, first below, runs in this order:
-#   sample_batch      prompts -> group_size responses each (model.generate), rewards
-#                     (verifier.score + overlong penalty), dynamic sampling       (method 1, 4)
-#   old_logprobs      pi_old log-probs and entropies from the training model       (method 4, 7)
-#   compute_advantages, boost_factors, shape_advantages (MATH above)               (method 1-3)
-#   ppo_update        --ppo-epochs passes of micro-batches, accumulated, AdamW     (method 4)
-#   step_metrics      what metrics.jsonl logs of the step                          (method 6)
-# and the functions follow it in that order; then evaluation, the run and the command line.
-# One process, CPU or one GPU, or N processes under torchrun (processes.py): each samples and
-# trains on its share of the rows (`my_share`), and a few calls named for what they gather
-# make every decision the single-process one; with one process they do nothing.
+# The same steps on real rollouts: `train_step`, then the functions it calls in its order.
+# Under torchrun (processes.py) each process samples and trains on its share of the rows
+# (`my_share`), and a few calls named for what they gather make every decision the
+# single-process one; with one process they do nothing.
 
 # ----------------------------------------------------------------------------- one step
 
@@ -630,76 +570,7 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     return m, samples
 
 
-# ----------------------------------------------------------------------------- data
-
-def resolve_model_path(path: str) -> str:
-    """A relative --model that is not found from the working directory is looked up next to
-    a3po.py, so the default `data/default_model` works from anywhere."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    here = os.path.join(REPO_DIR, path)
-    return here if os.path.exists(here) else path
-
-
-@contextlib.contextmanager
-def input_errors():
-    """The loaders' errors about a bad file or folder (ValueError naming file:line, a missing
-    file) are the user's: they become UserError. Anything else raised there is a bug and keeps
-    its traceback."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from e
-
-
-def load_data(cfg: Config):
-    """-> (train problems, held-out problems). Bad files fail here, naming file:line.
-    --answer-check number / equivalence sets how every problem's reward reads answers
-    (auto: as its task says, see tasks.Problem.numeric)."""
-    with input_errors():
-        train, held_out = read_problems(cfg)
-    if cfg.answer_check != "auto":
-        numeric = cfg.answer_check == "number"
-        train = [replace(p, numeric=numeric) for p in train]
-        held_out = [replace(p, numeric=numeric) for p in held_out]
-    return train, held_out
-
-
-def read_problems(cfg: Config):
-    fmt = dict(fmt=cfg.data_format, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key)
-    held_out = None
-    if cfg.data == "synthetic":
-        # The task itself is fixed (seed 0): --seed changes only the training randomness, so
-        # runs with different seeds are compared on the same held-out problems.
-        train = tasks.synthetic_problems(cfg.train_size, 0, "train", cfg.synthetic_level)
-        if not cfg.eval_data:
-            held_out = tasks.synthetic_problems(cfg.eval_size, 0, "test", cfg.synthetic_level)
-    elif cfg.data == "search":
-        train = tasks.search_problems(cfg.train_size, 0, "train")
-        if not cfg.eval_data:
-            held_out = tasks.search_problems(cfg.eval_size, 0, "test")
-    else:
-        train = tasks.load_problems(cfg.data, **fmt)
-        if not cfg.eval_data:  # hold out the tail of the file (never trained on)
-            need(len(train) >= 2 * cfg.eval_size, f"{cfg.data}: {len(train)} problems is too few to hold out "
-                 f"--eval-size {cfg.eval_size}; pass --eval-data or a smaller --eval-size")
-            train, held_out = train[:-cfg.eval_size], train[-cfg.eval_size:]
-    if cfg.eval_data:
-        held_out = tasks.load_problems(cfg.eval_data, **fmt)[:cfg.eval_size]
-    return train, held_out
-
-
-def encode_prompts(problems, tok, cfg: Config, context: int, where: str) -> list[list[int]]:
-    """Prompt ids of each problem; a prompt that cannot fit its answer in the context
-    (the model's max_position_embeddings) is an error naming the problem's file:line."""
-    ids = [tasks.build_prompt(p.prompt, tok, cfg.template) for p in problems]
-    for i, (problem, p) in enumerate(zip(problems, ids)):
-        need(len(p) + cfg.max_new_tokens <= context, f"{problem.source or f'{where} problem {i + 1}'}: prompt of "
-             f"{len(p)} tokens + --max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
-    return ids
-
+# ----------------------------------------------------------------------------- data order
 
 @functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -1043,23 +914,6 @@ def update_metrics(epochs: list[dict]) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- console
-
-def progress_line(m: dict, cfg: Config, eta: float) -> str:
-    line = (f"step {m['step']:4d}/{cfg.steps} | reward {m['reward']:.3f} | acc {m['accuracy']:.3f} "
-            f"(drawn {m['accuracy_drawn']:.3f}) | ent {m['entropy']:.3f} | len {m['length']:.1f} | "
-            f"boost {100 * m['boosted']:.1f}% | {fmt_time(m['time_step'])} | eta {fmt_time(eta)}")
-    if cfg.dynamic_sampling and m["ds_tries"] > 1:  # the cap on tries is visible when hit
-        line += f" | mixed groups {m['ds_mixed_groups']}/{cfg.prompts_per_step} in {m['ds_tries']} tries"
-    if m["nonfinite_skipped"]:
-        line += f" | SKIPPED {m['nonfinite_skipped']} non-finite update(s)"
-    return line
-
-
-def fmt_time(s: float) -> str:
-    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -1128,29 +982,6 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
 
 # ----------------------------------------------------------------------------- the run
 
-def check_config(cfg: Config):
-    """What the settings need of this machine, before anything is loaded: the files and model
-    folder they name, and a batch that splits over the processes torchrun started. (The settings'
-    own values are checked where they are made, in Config.__post_init__.)"""
-    B = cfg.prompts_per_step * cfg.group_size
-    N = processes.launched_world_size()
-    if N > 1:  # each process samples P / N prompts and trains on B / N rows in whole micro-batches
-        need(cfg.prompts_per_step % N == 0, f"--prompts-per-step {cfg.prompts_per_step} does not divide over "
-             f"{N} processes (torchrun --nproc-per-node x nodes): each samples an equal share of the prompts")
-        need((B // N) % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide "
-             f"the {B // N} responses of each of the {N} processes ({B} / {N}): pick one that divides it")
-        need(cfg.device in ("auto", "cpu", "cuda"), f"--device {cfg.device}: under torchrun use auto, cpu or cuda "
-             f"(process i takes GPU LOCAL_RANK)")
-    need(not cfg.fsdp or N > 1, "--fsdp shards the model over processes: start it with torchrun --nproc-per-node N "
-         "(N >= 2)")
-    need(cfg.data in ("synthetic", "search") or os.path.isfile(cfg.data),
-         f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
-    need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
-    path = resolve_model_path(cfg.model)
-    need(os.path.isfile(os.path.join(path, "config.json")),
-         f"--model {cfg.model}: no Hugging Face model folder there (config.json missing)")
-
-
 def resolve_defaults(cfg: Config) -> Config:
     """Fill in the settings whose default depends on others, so config.json records the values
     used, and a run extended on --resume keeps its schedules' horizons."""
@@ -1160,207 +991,55 @@ def resolve_defaults(cfg: Config) -> Config:
                    lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
 
 
-def make_optimizer(policy, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel over every parameter instead of a loop of small ops per tensor)
-    where this torch offers it for the device; the same update either way. Not under --fsdp,
-    whose sharded parameters keep the plain loop."""
-    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if not cfg.fsdp:
-        try:
-            return torch.optim.AdamW(policy.parameters(), fused=True, **kw)
-        except (RuntimeError, TypeError, ValueError):  # an older torch: fused AdamW is CUDA-only there
-            pass
-    return torch.optim.AdamW(policy.parameters(), **kw)
+def run_training(run: runs.Run) -> dict:
+    """The steps, evaluations and checkpoints of a run that runs.prepare loaded. Returns
+    {"before": eval dict, "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
+    cfg, policy, state = run.cfg, run.policy, run.state
+    runs.print_start(run)
 
-
-def load_policy(path: str, cfg: Config, device):
-    """model.load (which refuses non-finite weights, naming the tensor) + an EOS to end responses."""
-    with input_errors():
-        policy, tok = model.load(path, device=device)
-        if cfg.eos_token:
-            model.set_eos(tok, cfg.eos_token)
-    need(bool(tok.eos_ids), f"{path}: its config files name no EOS token, so responses could never end: "
-         f"pass --eos-token TOKEN (e.g. --eos-token '<|im_end|>')")
-    policy.optimizer_steps = 0  # (see weights_version)
-    return policy, tok
-
-
-@dataclass
-class Run:  # everything a run needs, loaded and checked before the first step
-    cfg: Config
-    policy: torch.nn.Module
-    ref_policy: torch.nn.Module | None
-    tok: model.Tokenizer
-    optimizer: torch.optim.Optimizer
-    train_set: list
-    eval_set: list
-    train_ids: list
-    eval_ids: list
-    state: dict
-    lock: str | None        # rank 0's lock file (None on the other ranks)
-
-
-def prepare(cfg: Config) -> Run:
-    """Check the settings, load data, model, optimizer and (on --resume) the checkpoint, and take
-    the run folder. Every error a user can cause happens here, before any compute.
-    Several processes: every rank loads the same; rank 0 alone takes the folder and writes to
-    it, under the name it chose; an error on any rank stops them all (agree_on_errors)."""
-    check_config(cfg)
-    cfg = resolve_defaults(cfg)
-    device = processes.pick_device(cfg.device)
-    rank = processes.world()[0]
-    # rank 0's name (its pid) on every process
-    run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or runs.new_run_dir(cfg.algo, cfg.seed))
-    cfg = replace(cfg, run_dir=run_dir)
-    lock, error = None, None
-    try:
-        ckpt = runs.find_checkpoint(run_dir)
-        need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
-        need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
-        train_set, eval_set = load_data(cfg)
-        policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
-        context = policy.config.max_position_embeddings
-        train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
-        eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
-        policy.gradient_checkpointing = cfg.grad_checkpointing
-        # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
-        ref_policy = None
-        if cfg.kl_coef > 0:
-            with input_errors():
-                ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
-        if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
-            policy = processes.shard_model(policy)
-            ref_policy = ref_policy if ref_policy is None else processes.shard_model(ref_policy)
-        optimizer = make_optimizer(policy, cfg)
-        if rank == 0:
-            with input_errors():  # (e.g. a --run-dir where we may not write)
-                os.makedirs(run_dir, exist_ok=True)
-            lock = runs.lock_run_dir(run_dir)
-            runs.remove_stale_temporaries(run_dir)
-    except Exception as e:
-        error = e
-    try:
-        processes.agree_on_errors(error, UserError)  # (before the checkpoint's collective reads)
-        error = None
-        try:
-            if ckpt:
-                state = runs.load_trainer_state(ckpt, optimizer, policy)
-                if rank == 0:
-                    for name in ("metrics.jsonl", "samples.jsonl"):
-                        runs.truncate_jsonl(os.path.join(run_dir, name), state["step"])
-                    runs.record_changes(run_dir, dataclasses.asdict(cfg), state["step"], RUNTIME_FIELDS)
-            else:
-                if rank == 0:
-                    for name in ("metrics.jsonl", "samples.jsonl"):
-                        open(os.path.join(run_dir, name), "w").close()
-                torch.manual_seed(cfg.seed)
-                state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
-            if rank == 0:
-                runs.write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
-        except Exception as e:
-            error = e
-        processes.agree_on_errors(error, UserError)
-    except BaseException:
-        if lock:
-            os.remove(lock)
-        raise
-    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, eval_set, train_ids, eval_ids, state, lock)
-
-
-def run_training(run: Run) -> dict:
-    """The steps, evaluations and checkpoints of a prepared run. Returns {"before": eval dict,
-    "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
-    cfg, policy, tok, state = run.cfg, run.policy, run.tok, run.state
-    rank, N = processes.world()  # rank 0 writes the files and prints; every rank computes
-    metrics_path, samples_path = (os.path.join(cfg.run_dir, n) for n in ("metrics.jsonl", "samples.jsonl"))
-    if state["step"]:
-        print(f"resumed {cfg.run_dir} at step {state['step']}")
-    print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
-          f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
-          f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}"
-          + (f", {N} processes{' (FSDP)' if processes.is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
-
-    def run_eval(step):
-        t0 = time.time()
-        sampled = []
-        ev = evaluate(policy, tok, cfg, run.eval_set, run.eval_ids, sampled)
-        if rank == 0:
-            runs.append_jsonl(metrics_path, dict(step=step, split="eval", **ev, time_eval=time.time() - t0))
-            for x in sampled:  # the first sample of the first --log-samples problems
-                if x["sample"] == 0 and x["problem"] < cfg.log_samples:
-                    p = run.eval_set[x["problem"]]
-                    runs.append_jsonl(samples_path, dict(step=step, split="eval", problem=x["problem"], prompt=p.prompt,
-                                                    gold=p.answer, completion=x["completion"], reward=x["reward"]))
-        print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
-              + f" | {fmt_time(time.time() - t0)}", flush=True)
+    def evaluate_and_log(step):
+        t0, sampled = time.time(), []
+        ev = evaluate(policy, run.tok, cfg, run.eval_set, run.eval_ids, sampled)
+        runs.log_eval(run, step, ev, sampled, time.time() - t0)
         return ev
 
     stop, restore_signals = runs.install_stop_signals()
     t_start, first_step, step_seconds = time.time(), state["step"] + 1, 0.0
     try:
         if state["eval_before"] is None:
-            state["eval_before"] = state["eval_last"] = run_eval(0)
+            state["eval_before"] = state["eval_last"] = evaluate_and_log(0)
         for step in range(first_step, cfg.steps + 1):
-            m, samples = train_step(step, policy, run.ref_policy, run.optimizer, tok, cfg, run.train_set,
+            m, samples = train_step(step, policy, run.ref_policy, run.optimizer, run.tok, cfg, run.train_set,
                                     run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
-            # a signal seen by any process stops every process after this same step
-            stop["signal"] = int(processes.max_numbers([stop["signal"] or 0])[0]) or None
-            if rank == 0:
-                runs.append_jsonl(metrics_path, m)
-                for s in samples:
-                    runs.append_jsonl(samples_path, s)
+            stop["signal"] = processes.any_signal(stop["signal"])  # (seen by any process: all stop after this step)
+            runs.log_step(cfg.run_dir, m, samples)
             step_seconds += m["time_step"]
-            print(progress_line(m, cfg, step_seconds / (step - first_step + 1) * (cfg.steps - step)), flush=True)
+            print(runs.progress_line(m, cfg, step_seconds / (step - first_step + 1) * (cfg.steps - step)), flush=True)
 
             if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-                state["eval_last"] = run_eval(step)
+                state["eval_last"] = evaluate_and_log(step)
             if step == cfg.steps or stop["signal"] or (cfg.save_every and step % cfg.save_every == 0):
-                runs.save_checkpoint(cfg.run_dir, policy, tok, run.optimizer, state)  # skipped updates never changed the weights
+                runs.save_checkpoint(cfg.run_dir, policy, run.tok, run.optimizer, state)
             if stop["signal"] and step < cfg.steps:
-                launcher = f"torchrun --nproc-per-node {N}" if N > 1 else "python"
-                print(f"stopped after step {step}; continue with: {launcher} a3po.py --resume {cfg.run_dir}")
+                print(f"stopped after step {step}; continue with: {processes.launcher()} a3po.py --resume {cfg.run_dir}")
                 return dict(before=state["eval_before"], after=None, run_dir=cfg.run_dir, stopped=stop["signal"])
     finally:
         restore_signals()
-        if run.lock and os.path.exists(run.lock):
-            os.remove(run.lock)
-
-    print_summary(state["eval_before"], state["eval_last"], cfg, state, time.time() - t_start, len(run.eval_set))
+        runs.release(run)
+    runs.print_summary(run, time.time() - t_start)
     return dict(before=state["eval_before"], after=state["eval_last"], run_dir=cfg.run_dir, stopped=None)
 
 
 def train(cfg: Config) -> dict:
-    """The whole run: prepare, then train. See run_training for what it returns."""
-    return run_training(prepare(cfg))
-
-
-def print_summary(before: dict, after: dict, cfg: Config, state: dict, seconds: float, n_eval: int):
-    """Before / after table; the LAST line is `pass@1: <before>% -> <after>%` for scripts."""
-    print(f"\ndone: {state['step']} steps in {fmt_time(seconds)}, {state['nonfinite_skipped']} non-finite "
-          f"update(s) skipped; checkpoint in {os.path.join(cfg.run_dir, 'checkpoint')}")
-    print(f"held-out: {n_eval} problems, {max(cfg.eval_k)} samples each at temperature {cfg.temperature}")
-    print(f"  {'':14s} {'before':>8s} {'after':>8s}")
-    for k in after:
-        fmt = (lambda v: f"{100 * v:7.1f}%") if "length" not in k else (lambda v: f"{v:8.1f}")
-        print(f"  {k:14s} {fmt(before[k]) if k in before else '-':>8s} {fmt(after[k])}")
-    print(f"pass@1: {100 * before['pass@1']:.1f}% -> {100 * after['pass@1']:.1f}%", flush=True)
-
-
-def prepare_eval(cfg: Config):
-    """--eval-only's loading: (policy, tok, held-out problems, their prompt ids)."""
-    check_config(cfg)
-    _, eval_set = load_data(cfg)
-    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, processes.pick_device(cfg.device))
-    eval_ids = encode_prompts(eval_set, tok, cfg, policy.config.max_position_embeddings,
-                              "--eval-data " + (cfg.eval_data or cfg.data))
-    return policy, tok, eval_set, eval_ids
+    """The whole run: load it (runs.prepare), then train. See run_training for what it returns."""
+    return run_training(runs.prepare(resolve_defaults(cfg)))
 
 
 def eval_only(cfg: Config, loaded=None) -> dict:
     """--eval-only: evaluate --model (any checkpoint folder) on the held-out problems."""
-    policy, tok, eval_set, eval_ids = loaded or prepare_eval(cfg)
+    policy, tok, eval_set, eval_ids = loaded or runs.prepare_eval(cfg)
     ev = evaluate(policy, tok, cfg, eval_set, eval_ids)
     for k, v in ev.items():
         print(f"{k:14s} {v:.4f}")
@@ -1379,42 +1058,12 @@ def build_parser():
         "whose default is 'none' is off unless given; '--X none' turns it off again."))
 
 
-# How a run is executed, not what it computes: free to differ on --resume.
-RUNTIME_FIELDS = ("resume", "override", "threads", "device", "dist_timeout")
-
-
 def parse_config(argv=None) -> Config:
-    """Config defaults <- --algo preset <- the flags given. With --resume RUN_DIR: the run's
-    saved config.json; a flag that would change a saved setting is refused unless --override
-    is given too (e.g. --override --steps 80 extends a run; prepare records the change)."""
-    given = vars(build_parser().parse_args(argv))
-    optional = {f.name for f in fields(Config) if f.default is None}
-    given = {k: None if k in optional and v == "none" else tuple(v) if isinstance(v, list) else v
-             for k, v in given.items()}
+    """Config defaults <- --algo preset <- the flags given; with --resume RUN_DIR, the run's saved
+    settings (runs.resumed_config: changing one needs --override)."""
+    given = cli.parse_flags(build_parser(), Config, argv)
     if "resume" in given:
-        path = os.path.join(given["resume"], "config.json")
-        need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
-        need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
-        saved = runs.read_json(path, "run config")
-        saved.pop("override", None)  # said for one resume, not for the next
-        for name in ("pos_tail", "neg_tail"):  # runs saved before the tails were named by intent
-            if saved.get(name) in ("low", "high"):
-                low_is_uncertain = saved.get("token_criterion", "prob") == "prob"
-                saved[name] = "uncertain" if (saved[name] == "low") == low_is_uncertain else "confident"
-        unknown = sorted(set(saved) - {f.name for f in fields(Config)})
-        need(not unknown, f"{path}: unknown setting(s) {', '.join(unknown)} (written by another version of a3po.py?)")
-        saved["eval_k"] = tuple(saved["eval_k"])
-        try:
-            base = Config(**saved)
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
-        cfg = replace(base, **given)
-        changed = [k for k, v in given.items() if k not in RUNTIME_FIELDS and getattr(base, k) != v]
-        need(not changed or cfg.override, f"--resume {given['resume']} continues the run with its saved settings: "
-             + ", ".join(f"--{flag(k)} {show(given[k])} (saved: {show(getattr(base, k))})" for k in changed)
-             + " would change them; add --override to change them on purpose (recorded in changes.jsonl), "
-             "or leave them out")
-        return cfg
+        return runs.resumed_config(Config, given)
     if given.get("data") == "search":  # the search task comes with its own model and token budget
         given = {"model": "data/search_model", "max_new_tokens": tasks.SEARCH_MAX_NEW_TOKENS, **given}
     return apply_preset(given.pop("algo", Config().algo), given)
@@ -1425,15 +1074,14 @@ def main(argv=None):
     Exit 130 / 143 after a Ctrl-C / SIGTERM (the run saved its checkpoint first).
     Under torchrun every process runs this; the process group lives from here to the end."""
     try:
-        cfg = parse_config(argv)
+        cfg = resolve_defaults(parse_config(argv))
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
-        check_config(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
+        runs.check_machine(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
         processes.init_distributed(cfg.device, cfg.dist_timeout)
-        loaded = prepare_eval(cfg) if cfg.eval_only else prepare(cfg)
-    except (UserError, runs.RunError) as e:  # (the loaders' file:line errors arrive as UserError: see input_errors)
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: once, also before the process group exists
-            print(f"a3po: error: {e}", file=sys.stderr)
+        loaded = runs.prepare_eval(cfg) if cfg.eval_only else runs.prepare(cfg)
+    except UserError as e:  # (the loaders' file:line errors arrive as UserError: see runs.input_errors)
+        processes.print_once(f"a3po: error: {e}", file=sys.stderr)
         processes.shutdown_distributed()
         raise SystemExit(2)
     try:

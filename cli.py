@@ -1,14 +1,28 @@
-"""The command line: one flag per field of a configuration dataclass, its help from the field.
+"""The command line: one flag per field of a3po.Config, and the one place its values are checked.
 
 A field made with `arg(default, section, help, choices)` carries its --help text, the section of
 docs/method.md it belongs to ("trainer" for the trainer's own settings) and, for a string, the
 allowed values. `build_parser` turns the fields into flags whose defaults are SUPPRESSed, so
 parse_args returns only the flags the user typed (those override a preset); each flag's help
-ends with its default and the presets that set another value. a3po.py imports this file.
+ends with its default and the presets that set another value. `check_settings` is what
+Config.__post_init__ runs: a bad value fails before any compute, naming its flag. Errors a
+user can cause are UserError: one line `a3po: error: ...`, exit 2, no traceback.
+a3po.py imports this file; this file never imports a3po.py.
 """
 import argparse
+import math
 import typing
 from dataclasses import field, fields
+
+
+class UserError(ValueError):
+    """Bad flags, files or data: printed as one line `a3po: error: ...` (exit 2), no traceback."""
+
+
+def need(ok: bool, msg: str):
+    """The one check helper: argument and input errors name what is wrong."""
+    if not ok:
+        raise UserError(msg)
 
 
 def arg(default, section: str, help: str, choices: tuple | None = None):
@@ -65,3 +79,55 @@ def build_parser(config_cls, presets: dict, prog: str, description: str) -> argp
             conv = optional(base) if f.default is None else base
             p.add_argument(*names, type=conv, metavar={int: "N", float: "X"}.get(base, "S"), **kw)
     return p
+
+
+def parse_flags(parser: argparse.ArgumentParser, config_cls, argv=None) -> dict:
+    """{field: value} of the flags the user typed, as the config holds them ('none' -> None
+    for an optional setting, a list -> a tuple)."""
+    given = vars(parser.parse_args(argv))
+    optional = {f.name for f in fields(config_cls) if f.default is None}
+    return {k: None if k in optional and v == "none" else tuple(v) if isinstance(v, list) else v
+            for k, v in given.items()}
+
+
+def check_settings(cfg):
+    """The settings' own values, checked once (Config.__post_init__ calls this), each error
+    naming its flag. What they need of the machine (files, processes) is runs.check_machine."""
+    for f in fields(cfg):
+        v, allowed = getattr(cfg, f.name), f.metadata["choices"]
+        need(allowed is None or v in allowed or (v is None and f.default is None),
+             f"--{flag(f.name)} {v!r}: must be one of {', '.join(allowed or ())}")
+        if isinstance(v, float):  # inf / nan / beyond float32 would surface mid-run as something else
+            need(math.isfinite(v) and abs(v) < 1e30, f"--{flag(f.name)} {v}: must be a finite number")
+    need(cfg.adv_norm != "raw" or cfg.raw_adv is not None, "--adv-norm raw needs --raw-adv psr|nsr|w-reinforce")
+    for name in ("rho_pos", "rho_neg"):
+        need(0.0 <= getattr(cfg, name) <= 1.0, f"--{flag(name)} {getattr(cfg, name)}: must be in [0, 1]")
+    for name in ("eps_low", "eps_high", "kl_coef", "adv_eps", "w_pos", "w_neg", "wreinforce_lambda"):
+        need(getattr(cfg, name) >= 0, f"--{flag(name)} {getattr(cfg, name)}: must be >= 0")
+    need(cfg.eps_low < 1, f"--eps-low {cfg.eps_low}: must be < 1 (ratio floor 1 - eps_low > 0)")
+    need(cfg.clip_c is None or cfg.clip_c > 1, f"--clip-c {cfg.clip_c}: the dual-clip bound must be > 1")
+    for name in ("alpha_decay_steps", "lr_decay_steps"):
+        need(getattr(cfg, name) is None or getattr(cfg, name) > 0, f"--{flag(name)} {getattr(cfg, name)}: must be > 0")
+    need(cfg.loss_agg_constant is None or cfg.loss_agg_constant > 0,
+         f"--loss-agg-constant {cfg.loss_agg_constant}: must be > 0")
+    for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
+                 "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
+        need(getattr(cfg, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(cfg, name)})")
+    B = cfg.prompts_per_step * cfg.group_size
+    need(cfg.adv_norm == "raw" or cfg.group_size >= 2,
+         f"--group-size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
+    need(B % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide the batch "
+         f"of --prompts-per-step {cfg.prompts_per_step} x --group-size {cfg.group_size} = {B} responses")
+    need(cfg.dist_timeout > 0, f"--dist-timeout {cfg.dist_timeout} must be > 0 (minutes)")
+    need(0 < cfg.temperature <= 100,
+         f"--temperature {cfg.temperature}: training needs (0, 100] (log-probs use hidden / T)")
+    need(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p} must be in (0, 1]")
+    need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = torch's default)")
+    need(0 <= cfg.lr <= 1, f"--lr {cfg.lr} must be in [0, 1]")
+    need(cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
+    need(cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip} must be >= 0 (0 = no clipping)")
+    need(len(cfg.eval_k) > 0 and min(cfg.eval_k) >= 1,
+         f"--eval-k {' '.join(map(str, cfg.eval_k))}: give one or more k >= 1")
+    need(cfg.overlong_cache is None or 0 <= cfg.overlong_cache < cfg.max_new_tokens,
+         f"--overlong-cache {cfg.overlong_cache}: must be in [0, --max-new-tokens {cfg.max_new_tokens}) "
+         f"(a cache as long as the limit would make the soft penalty a plain length penalty)")

@@ -241,3 +241,21 @@ def sum_gradients(policy, params: list[torch.Tensor]):
 def full_value(t):
     """A number FSDP holds as a replicated DTensor (the gradient norm), as a plain tensor."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def any_signal(signum: int | None) -> int | None:
+    """A stop signal (Ctrl-C, SIGTERM) that any process saw, on every process, so all of them
+    stop after the same step."""
+    return int(max_numbers([signum or 0])[0]) or None
+
+
+def launcher() -> str:
+    """The command that started this run, for the line that says how to resume it."""
+    N = launched_world_size()
+    return f"torchrun --nproc-per-node {N}" if N > 1 else "python"
+
+
+def print_once(*args, **kwargs):
+    """print on the first process only (also before the process group exists)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs)

@@ -1,13 +1,17 @@
-"""The run: its folder and lock, Ctrl-C / SIGTERM, checkpoints, exact resume, the metrics files.
+"""The run: loading it, its folder and lock, Ctrl-C / SIGTERM, checkpoints, exact resume, the files.
 
 A run lives in one folder (runs/<algo>-<date>-<time>-s<seed>-<pid>/ or --run-dir): config.json,
 metrics.jsonl and samples.jsonl (one JSON line per step / evaluation), checkpoint/ (a Hugging
 Face folder plus the optimizer and trainer state, swapped in whole), changes.jsonl (settings
 changed on --resume --override) and, while a process trains there, lock. Every write is atomic
-or an append, so a crash or Ctrl-C at any point leaves the last good checkpoint. Errors about
-the folder or its files raise RunError, one line naming the file. a3po.py imports this file;
-this file never imports a3po.py.
+or an append, so a crash or Ctrl-C at any point leaves the last good checkpoint. `prepare`
+loads everything a run needs (settings checked against the machine, data, model, optimizer,
+checkpoint) before the first step, so every error a user can cause comes before any compute;
+such errors are cli.UserError, one line naming the file. a3po.py imports this file; this file
+never imports a3po.py.
 """
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -20,15 +24,8 @@ import torch
 
 import model
 import processes
-
-
-class RunError(ValueError):
-    """A run folder or file that cannot be used (corrupt, locked by a live process, ...)."""
-
-
-def need(ok: bool, msg: str):
-    if not ok:
-        raise RunError(msg)
+from cli import UserError, flag, need, show
+from data import tasks
 
 
 # ----------------------------------------------------------------------------- the folder
@@ -55,7 +52,7 @@ def lock_run_dir(run_dir: str) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         return path
-    raise RunError(f"{path}: cannot take the lock")
+    raise UserError(f"{path}: cannot take the lock")
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,7 +112,7 @@ def read_json(path: str, what: str) -> dict:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: corrupt {what} ({e})") from None
+        raise UserError(f"{path}: corrupt {what} ({e})") from None
     need(isinstance(obj, dict), f"{path}: corrupt {what} (not a JSON object)")
     return obj
 
@@ -254,6 +251,322 @@ def load_trainer_state(ckpt: str, optimizer, policy=None) -> dict:
                 opt_state.setdefault(int(i), {})[name] = v
             optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
     except Exception as e:  # safetensors' own error, a missing key, a shape that does not fit
-        raise RunError(f"{path}: cannot restore the optimizer ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot restore the optimizer ({type(e).__name__}: {e})") from None
     need(all(k in state for k in ("step", "data_pos")), f"{ckpt}/trainer_state.json: missing step / data_pos")
     return state
+
+
+# ----------------------------------------------------------------------------- the console and the logs
+
+def fmt_time(s: float) -> str:
+    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+
+
+def print_start(run):
+    rank, N = processes.world()
+    cfg, policy = run.cfg, run.policy
+    if run.state["step"]:
+        print(f"resumed {cfg.run_dir} at step {run.state['step']}")
+    print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
+          f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
+          f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}"
+          + (f", {N} processes{' (FSDP)' if processes.is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
+
+
+def progress_line(m: dict, cfg, eta: float) -> str:
+    line = (f"step {m['step']:4d}/{cfg.steps} | reward {m['reward']:.3f} | acc {m['accuracy']:.3f} "
+            f"(drawn {m['accuracy_drawn']:.3f}) | ent {m['entropy']:.3f} | len {m['length']:.1f} | "
+            f"boost {100 * m['boosted']:.1f}% | {fmt_time(m['time_step'])} | eta {fmt_time(eta)}")
+    if cfg.dynamic_sampling and m["ds_tries"] > 1:  # the cap on tries is visible when hit
+        line += f" | mixed groups {m['ds_mixed_groups']}/{cfg.prompts_per_step} in {m['ds_tries']} tries"
+    if m["nonfinite_skipped"]:
+        line += f" | SKIPPED {m['nonfinite_skipped']} non-finite update(s)"
+    return line
+
+
+def log_step(run_dir: str, metrics: dict, samples: list[dict]):
+    """A step's line in metrics.jsonl and its samples in samples.jsonl (by the process that writes files)."""
+    if processes.world()[0] == 0:
+        append_jsonl(os.path.join(run_dir, "metrics.jsonl"), metrics)
+        for s in samples:
+            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+
+
+def log_eval(run, step: int, ev: dict, sampled: list[dict], seconds: float):
+    """An evaluation's line in metrics.jsonl, the first sample of the first --log-samples problems
+    in samples.jsonl, and one line on the console."""
+    cfg = run.cfg
+    if processes.world()[0] == 0:
+        append_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"), dict(step=step, split="eval", **ev, time_eval=seconds))
+        for x in sampled:
+            if x["sample"] == 0 and x["problem"] < cfg.log_samples:
+                p = run.eval_set[x["problem"]]
+                append_jsonl(os.path.join(cfg.run_dir, "samples.jsonl"), dict(
+                    step=step, split="eval", problem=x["problem"], prompt=p.prompt, gold=p.answer,
+                    completion=x["completion"], reward=x["reward"]))
+    print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
+          + f" | {fmt_time(seconds)}", flush=True)
+
+
+def print_summary(run, seconds: float):
+    """Before / after table; the LAST line is `pass@1: <before>% -> <after>%` for scripts."""
+    cfg, state = run.cfg, run.state
+    before, after = state["eval_before"], state["eval_last"]
+    print(f"\ndone: {state['step']} steps in {fmt_time(seconds)}, {state['nonfinite_skipped']} non-finite "
+          f"update(s) skipped; checkpoint in {os.path.join(cfg.run_dir, 'checkpoint')}")
+    print(f"held-out: {len(run.eval_set)} problems, {max(cfg.eval_k)} samples each at temperature {cfg.temperature}")
+    print(f"  {'':14s} {'before':>8s} {'after':>8s}")
+    for k in after:
+        fmt = (lambda v: f"{100 * v:7.1f}%") if "length" not in k else (lambda v: f"{v:8.1f}")
+        print(f"  {k:14s} {fmt(before[k]) if k in before else '-':>8s} {fmt(after[k])}")
+    print(f"pass@1: {100 * before['pass@1']:.1f}% -> {100 * after['pass@1']:.1f}%", flush=True)
+
+
+# ----------------------------------------------------------------------------- before the first step
+
+# How a run is executed, not what it computes: free to differ on --resume.
+RUNTIME_FIELDS = ("resume", "override", "threads", "device", "dist_timeout")
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def resumed_config(config_cls, given: dict):
+    """--resume RUN_DIR: the run's saved config.json, with the flags given. A flag that would
+    change a saved setting is refused unless --override is given too (e.g. --override --steps 80
+    extends a run; prepare records the change in changes.jsonl)."""
+    path = os.path.join(given["resume"], "config.json")
+    need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
+    need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
+    saved = read_json(path, "run config")
+    saved.pop("override", None)  # said for one resume, not for the next
+    for name in ("pos_tail", "neg_tail"):  # runs saved before the tails were named by intent
+        if saved.get(name) in ("low", "high"):
+            low_is_uncertain = saved.get("token_criterion", "prob") == "prob"
+            saved[name] = "uncertain" if (saved[name] == "low") == low_is_uncertain else "confident"
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(config_cls)})
+    need(not unknown, f"{path}: unknown setting(s) {', '.join(unknown)} (written by another version of a3po.py?)")
+    saved["eval_k"] = tuple(saved["eval_k"])
+    try:
+        base = config_cls(**saved)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    cfg = dataclasses.replace(base, **given)
+    changed = [k for k, v in given.items() if k not in RUNTIME_FIELDS and getattr(base, k) != v]
+    need(not changed or cfg.override, f"--resume {given['resume']} continues the run with its saved settings: "
+         + ", ".join(f"--{flag(k)} {show(given[k])} (saved: {show(getattr(base, k))})" for k in changed)
+         + " would change them; add --override to change them on purpose (recorded in changes.jsonl), "
+         "or leave them out")
+    return cfg
+
+
+def resolve_model_path(path: str) -> str:
+    """A relative --model that is not found from the working directory is looked up next to
+    a3po.py, so the default `data/default_model` works from anywhere."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    here = os.path.join(REPO_DIR, path)
+    return here if os.path.exists(here) else path
+
+
+@contextlib.contextmanager
+def input_errors():
+    """The loaders' errors about a bad file or folder (ValueError naming file:line, a missing
+    file) are the user's: they become UserError. Anything else raised there is a bug and keeps
+    its traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from e
+
+
+def check_machine(cfg):
+    """What the settings need of this machine, before anything is loaded: the files and model
+    folder they name, and a batch that splits over the processes torchrun started. (The settings'
+    own values are checked where they are made: cli.check_settings.)"""
+    B = cfg.prompts_per_step * cfg.group_size
+    N = processes.launched_world_size()
+    if N > 1:  # each process samples P / N prompts and trains on B / N rows in whole micro-batches
+        need(cfg.prompts_per_step % N == 0, f"--prompts-per-step {cfg.prompts_per_step} does not divide over "
+             f"{N} processes (torchrun --nproc-per-node x nodes): each samples an equal share of the prompts")
+        need((B // N) % cfg.micro_batch_size == 0, f"--micro-batch-size {cfg.micro_batch_size} does not divide "
+             f"the {B // N} responses of each of the {N} processes ({B} / {N}): pick one that divides it")
+        need(cfg.device in ("auto", "cpu", "cuda"), f"--device {cfg.device}: under torchrun use auto, cpu or cuda "
+             f"(process i takes GPU LOCAL_RANK)")
+    need(not cfg.fsdp or N > 1, "--fsdp shards the model over processes: start it with torchrun --nproc-per-node N "
+         "(N >= 2)")
+    need(cfg.data in ("synthetic", "search") or os.path.isfile(cfg.data),
+         f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
+    need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
+    path = resolve_model_path(cfg.model)
+    need(os.path.isfile(os.path.join(path, "config.json")),
+         f"--model {cfg.model}: no Hugging Face model folder there (config.json missing)")
+
+
+def load_problems(cfg):
+    """-> (training problems, held-out problems). Bad files fail here, naming file:line.
+    --answer-check number / equivalence sets how every problem's reward reads answers
+    (auto: as its task says, see tasks.Problem.numeric)."""
+    with input_errors():
+        train, held_out = read_problems(cfg)
+    if cfg.answer_check != "auto":
+        numeric = cfg.answer_check == "number"
+        train = [dataclasses.replace(p, numeric=numeric) for p in train]
+        held_out = [dataclasses.replace(p, numeric=numeric) for p in held_out]
+    return train, held_out
+
+
+def read_problems(cfg):
+    fmt = dict(fmt=cfg.data_format, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key)
+    held_out = None
+    if cfg.data == "synthetic":
+        # The task itself is fixed (seed 0): --seed changes only the training randomness, so
+        # runs with different seeds are compared on the same held-out problems.
+        train = tasks.synthetic_problems(cfg.train_size, 0, "train", cfg.synthetic_level)
+        if not cfg.eval_data:
+            held_out = tasks.synthetic_problems(cfg.eval_size, 0, "test", cfg.synthetic_level)
+    elif cfg.data == "search":
+        train = tasks.search_problems(cfg.train_size, 0, "train")
+        if not cfg.eval_data:
+            held_out = tasks.search_problems(cfg.eval_size, 0, "test")
+    else:
+        train = tasks.load_problems(cfg.data, **fmt)
+        if not cfg.eval_data:  # hold out the tail of the file (never trained on)
+            need(len(train) >= 2 * cfg.eval_size, f"{cfg.data}: {len(train)} problems is too few to hold out "
+                 f"--eval-size {cfg.eval_size}; pass --eval-data or a smaller --eval-size")
+            train, held_out = train[:-cfg.eval_size], train[-cfg.eval_size:]
+    if cfg.eval_data:
+        held_out = tasks.load_problems(cfg.eval_data, **fmt)[:cfg.eval_size]
+    return train, held_out
+
+
+def encode_prompts(problems, tok, cfg, context: int, where: str) -> list[list[int]]:
+    """Prompt ids of each problem; a prompt that cannot fit its answer in the context
+    (the model's max_position_embeddings) is an error naming the problem's file:line."""
+    ids = [tasks.build_prompt(p.prompt, tok, cfg.template) for p in problems]
+    for i, (problem, p) in enumerate(zip(problems, ids)):
+        need(len(p) + cfg.max_new_tokens <= context, f"{problem.source or f'{where} problem {i + 1}'}: prompt of "
+             f"{len(p)} tokens + --max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
+    return ids
+
+
+def load_policy(path: str, cfg, device):
+    """model.load (which refuses non-finite weights, naming the tensor) + an EOS to end responses."""
+    with input_errors():
+        policy, tok = model.load(path, device=device)
+        if cfg.eos_token:
+            model.set_eos(tok, cfg.eos_token)
+    need(bool(tok.eos_ids), f"{path}: its config files name no EOS token, so responses could never end: "
+         f"pass --eos-token TOKEN (e.g. --eos-token '<|im_end|>')")
+    policy.optimizer_steps = 0  # the trainer counts its updates here (a3po.weights_version)
+    return policy, tok
+
+
+def make_optimizer(policy, cfg) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel over every parameter instead of a loop of small ops per tensor)
+    where this torch offers it for the device; the same update either way. Not under --fsdp,
+    whose sharded parameters keep the plain loop."""
+    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not cfg.fsdp:
+        try:
+            return torch.optim.AdamW(policy.parameters(), fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # an older torch: fused AdamW is CUDA-only there
+            pass
+    return torch.optim.AdamW(policy.parameters(), **kw)
+
+
+@dataclasses.dataclass
+class Run:  # everything a run needs, loaded and checked before the first step
+    cfg: object             # a3po.Config, its defaults resolved
+    policy: torch.nn.Module
+    ref_policy: torch.nn.Module | None
+    tok: model.Tokenizer
+    optimizer: torch.optim.Optimizer
+    train_set: list
+    eval_set: list
+    train_ids: list
+    eval_ids: list
+    state: dict             # step, data_pos, nonfinite_skipped, eval_before, eval_last
+    lock: str | None        # rank 0's lock file (None on the other ranks)
+
+
+def prepare(cfg) -> Run:
+    """Check the settings against the machine, load data, model, optimizer and (on --resume) the
+    checkpoint, and take the run folder. Every error a user can cause happens here, before any
+    compute. Several processes: every rank loads the same; rank 0 alone takes the folder and
+    writes to it, under the name it chose; an error on any rank stops them all (agree_on_errors)."""
+    check_machine(cfg)
+    device = processes.pick_device(cfg.device)
+    rank = processes.world()[0]
+    # rank 0's name (its pid) on every process
+    run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or new_run_dir(cfg.algo, cfg.seed))
+    cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    lock, error = None, None
+    try:
+        ckpt = find_checkpoint(run_dir)
+        need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
+        need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
+        train_set, eval_set = load_problems(cfg)
+        policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
+        context = policy.config.max_position_embeddings
+        train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
+        eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
+        policy.gradient_checkpointing = cfg.grad_checkpointing
+        # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
+        ref_policy = None
+        if cfg.kl_coef > 0:
+            with input_errors():
+                ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
+        if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
+            policy = processes.shard_model(policy)
+            ref_policy = ref_policy if ref_policy is None else processes.shard_model(ref_policy)
+        optimizer = make_optimizer(policy, cfg)
+        if rank == 0:
+            with input_errors():  # (e.g. a --run-dir where we may not write)
+                os.makedirs(run_dir, exist_ok=True)
+            lock = lock_run_dir(run_dir)
+            remove_stale_temporaries(run_dir)
+    except Exception as e:
+        error = e
+    try:
+        processes.agree_on_errors(error, UserError)  # (before the checkpoint's collective reads)
+        error = None
+        try:
+            if ckpt:
+                state = load_trainer_state(ckpt, optimizer, policy)
+                if rank == 0:
+                    for name in ("metrics.jsonl", "samples.jsonl"):
+                        truncate_jsonl(os.path.join(run_dir, name), state["step"])
+                    record_changes(run_dir, dataclasses.asdict(cfg), state["step"], RUNTIME_FIELDS)
+            else:
+                if rank == 0:
+                    for name in ("metrics.jsonl", "samples.jsonl"):
+                        open(os.path.join(run_dir, name), "w").close()
+                torch.manual_seed(cfg.seed)
+                state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
+            if rank == 0:
+                write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        except Exception as e:
+            error = e
+        processes.agree_on_errors(error, UserError)
+    except BaseException:
+        if lock:
+            os.remove(lock)
+        raise
+    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, eval_set, train_ids, eval_ids, state, lock)
+
+
+def prepare_eval(cfg):
+    """--eval-only's loading: (policy, tok, held-out problems, their prompt ids)."""
+    check_machine(cfg)
+    _, eval_set = load_problems(cfg)
+    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, processes.pick_device(cfg.device))
+    eval_ids = encode_prompts(eval_set, tok, cfg, policy.config.max_position_embeddings,
+                              "--eval-data " + (cfg.eval_data or cfg.data))
+    return policy, tok, eval_set, eval_ids
+
+
+def release(run):
+    """The end of a run on this process: its lock file goes."""
+    if run.lock and os.path.exists(run.lock):
+        os.remove(run.lock)

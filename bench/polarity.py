@@ -271,13 +271,14 @@ def redrawn_evaluation(config: dict, model_path: str, threads: int):
     import torch
 
     import a3po
+    import runs
 
     if threads:
         torch.set_num_threads(threads)
     fields = {f.name for f in dataclasses.fields(a3po.Config)}  # a config.json from an older a3po.py too
     cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in config.items() if k in fields})
     cfg.model = model_path
-    policy, tok, problems, prompts = a3po.prepare_eval(cfg)
+    policy, tok, problems, prompts = runs.prepare_eval(cfg)
     samples = []
     ev = a3po.evaluate(policy, tok, cfg, problems, prompts, samples)
     return ev, samples, problems

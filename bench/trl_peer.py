@@ -178,10 +178,11 @@ def trl_child(args):
     from trl import GRPOConfig, GRPOTrainer
     sys.path.insert(0, REPO)
     import a3po
+    import runs
     import model as our_model
     from data import tasks
 
-    path = a3po.resolve_model_path(args.model)
+    path = runs.resolve_model_path(args.model)
     total = args.warmup + args.steps
     E, B = args.ppo_epochs, args.prompts * args.group_size
     problems = problems_in_order(args.prompts * total, args.seed)

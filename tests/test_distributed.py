@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import a3po  # noqa: E402
+import runs  # noqa: E402
 import model  # noqa: E402
 import processes  # noqa: E402
 from test_trainer import ROOT, N_DIGITS, deterministic, read_jsonl, shaped, tiny_args, tiny_batch  # noqa: E402
@@ -85,13 +86,13 @@ def test_a_row_samples_the_same_tokens_in_any_batch(tiny):
 def test_the_batch_must_divide_over_the_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="--prompts-per-step 16 does not divide over 3 processes"):
-        a3po.check_config(a3po.parse_config([]))
+        runs.check_machine(a3po.parse_config([]))
     monkeypatch.setenv("WORLD_SIZE", "8")  # 128 rows / 8 = 16 per process, micro-batch 32
     with pytest.raises(ValueError, match="--micro-batch-size 32 does not divide the 16 responses of each of the 8"):
-        a3po.check_config(a3po.parse_config([]))
+        runs.check_machine(a3po.parse_config([]))
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(ValueError, match="--fsdp shards the model over processes"):
-        a3po.check_config(a3po.parse_config(["--fsdp"]))
+        runs.check_machine(a3po.parse_config(["--fsdp"]))
 
 
 # ----------------------------------------------------------------------------- one update

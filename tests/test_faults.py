@@ -127,7 +127,7 @@ def test_resume_drops_a_torn_last_metrics_line(tiny, tmp_path, capsys):
     lines[1] = lines[1][:10]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
-        a3po.prepare(a3po.parse_config(["--resume", str(run), "--override", "--steps", "4"]))
+        runs.prepare(a3po.parse_config(["--resume", str(run), "--override", "--steps", "4"]))
 
 
 def test_corrupt_run_files_are_named(tiny, tmp_path):
@@ -168,9 +168,9 @@ def test_held_out_problem_too_long_is_named_by_its_file_and_line(tiny, tmp_path)
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e39"])
 def test_non_finite_or_absurd_float_flags_are_refused_at_start(value):
     with pytest.raises(ValueError, match="--lr"):
-        a3po.check_config(a3po.parse_config([f"--lr={value}"]))
+        runs.check_machine(a3po.parse_config([f"--lr={value}"]))
     with pytest.raises(ValueError, match="--temperature"):
-        a3po.check_config(a3po.parse_config([f"--temperature={value}"]))
+        runs.check_machine(a3po.parse_config([f"--temperature={value}"]))
 
 
 def test_user_errors_are_one_line_and_exit_2(tiny, tmp_path):
@@ -248,7 +248,7 @@ def test_a_bug_during_set_up_keeps_its_traceback(tiny, tmp_path, monkeypatch):
     set-up propagates with its traceback, while the loaders' file errors exit 2."""
     def buggy(cfg):
         raise ValueError("an internal bug")
-    monkeypatch.setattr(a3po, "load_data", buggy)
+    monkeypatch.setattr(runs, "load_problems", buggy)
     with pytest.raises(ValueError, match="an internal bug"):
         a3po.main(tiny_args(tiny, tmp_path / "r"))
     monkeypatch.undo()

@@ -1,14 +1,15 @@
 """The reading path keeps its shape: a3po.py reads as one-process code, imports the files that
 hold the rest one way, and does not grow back.
 
-a3po.py's budget is a ratchet: the size it has now, to be lowered as more of what a reader of
-the algorithm can skip (the command line, the run's set-up) moves out; the goal is ~800 lines.
+a3po.py's budget is a ratchet: the size it has now (Config, the math, the step and the
+functions it calls, evaluation, the loop and main), to be lowered, never raised, as the file is
+tightened; what a reader of the algorithm can skip lives in the helper files.
 """
 import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-A3PO_BUDGET = 1455  # lines
+A3PO_BUDGET = 1105  # lines
 HELPERS = ("processes.py", "runs.py", "logprobs.py", "cli.py", "model.py", "verifier.py", "verifier_forms.py")
 
 
@@ -29,6 +30,7 @@ def test_a3po_has_no_torch_distributed_and_stays_within_budget():
         text = f.read()
     assert not any(n.startswith("torch.distributed") for n in imports("a3po.py"))
     assert "torch.distributed" not in text, "collectives and FSDP calls belong in processes.py"
+    assert "world()" not in text, "no rank arithmetic in a3po.py: processes.py names what a rank does"
     assert len(text.splitlines()) <= A3PO_BUDGET, f"a3po.py has {len(text.splitlines())} lines (budget {A3PO_BUDGET})"
 
 

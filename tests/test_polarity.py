@@ -412,11 +412,12 @@ def test_search_task_runs_on_its_own_problems_model_and_outputs(tmp_path):
     cmd = polarity.run_command("w-reinforce", 1, settings, polarity.run_dir_of(str(tmp_path), "w-reinforce", 1))
     assert cmd[2:4] == ["--algo", "w-reinforce"] and cmd[cmd.index("--data") + 1] == "search"
     assert "--data" not in polarity.run_command("grpo", 0, polarity.study_settings(polarity.parse_args([])), "x")
+    import runs
     import a3po  # --data search brings the search model and its token budget
 
     cfg = a3po.parse_config(cmd[2:])
     assert cfg.model == "data/search_model" and cfg.max_new_tokens == tasks.SEARCH_MAX_NEW_TOKENS
-    train, held_out = a3po.load_data(dataclasses.replace(cfg, train_size=500))
+    train, held_out = runs.load_problems(dataclasses.replace(cfg, train_size=500))
     assert held_out == tasks.search_problems(16, 0, "test") and not {p.prompt for p in train} & {p.prompt for p in held_out}
 
 

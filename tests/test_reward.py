@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import a3po
+import runs
 import model
 import verifier
 from data import tasks
@@ -94,7 +95,7 @@ def test_gsm8k_rewards_the_number_and_math_keeps_equivalence(tmp_path):
     # --answer-check overrides the task's own choice, for every problem of a run
     def loaded(check, data):
         cfg = a3po.apply_preset("a3po", dict(data=str(data), eval_data=str(data), eval_size=2, answer_check=check))
-        return a3po.load_data(cfg)
+        return runs.load_problems(cfg)
     train, held_out = loaded("number", math_file)
     assert all(p.numeric for p in train + held_out) and a3po.reward("\\boxed{\\frac{10}{2}}", held_out[1]) == 0.0
     train, held_out = loaded("equivalence", gsm)
@@ -113,7 +114,7 @@ def test_number_only_changes_nothing_against_a_gold_that_is_not_a_number():
 def test_training_and_evaluation_score_with_the_same_reward(monkeypatch):
     """Rollouts and held-out samples whose text restates the question score 0 in both places
     (and in lenient_acc); the worked answers score 1 in both."""
-    net, tok = model.load(a3po.resolve_model_path("data/default_model"))
+    net, tok = model.load(runs.resolve_model_path("data/default_model"))
     problems = tasks.synthetic_problems(4, 0, "test", 3, "expr")
     ids = [tasks.build_prompt(p.prompt, tok) for p in problems]
     cfg = a3po.apply_preset("a3po", dict(group_size=2, eval_k=(2,), max_new_tokens=64))

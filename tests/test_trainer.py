@@ -302,9 +302,9 @@ def test_fused_adamw_takes_the_same_steps(tiny):
     same weights after a few steps as the per-tensor loop, and the same state to checkpoint."""
     cfg = a3po.apply_preset("a3po", dict(lr=1e-2, weight_decay=0.1))
     nets = [model.load(str(tiny / "model"))[0] for _ in range(2)]
-    fused = a3po.make_optimizer(nets[0], cfg)
+    fused = runs.make_optimizer(nets[0], cfg)
     loop = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
-    assert fused.defaults["fused"] and not a3po.make_optimizer(nets[0], dataclasses.replace(cfg, fsdp=True)).defaults["fused"]
+    assert fused.defaults["fused"] and not runs.make_optimizer(nets[0], dataclasses.replace(cfg, fsdp=True)).defaults["fused"]
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         grads = [torch.randn(p.shape, generator=g) for p in nets[0].parameters()]
@@ -497,7 +497,7 @@ def test_eval_counts_recomputed_sample_by_sample(tiny):
     """evaluate's strict / lenient / boxed / truncated shares and the samples it hands back equal
     the very samples (same per-row keys) drawn again here one problem at a time, unbatched."""
     cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only"))
-    policy, tok, problems, ids = a3po.prepare_eval(cfg)
+    policy, tok, problems, ids = runs.prepare_eval(cfg)
     sampled = []
     ev = a3po.evaluate(policy, tok, cfg, problems, ids, sampled)
     n, strict, lenient, boxed, cut, redrawn = 4, 0, 0, 0, 0, []
