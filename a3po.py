@@ -135,10 +135,15 @@ class Config:
     grad_clip: float = arg(1.0, "trainer", "max gradient norm (0 = no clipping)")
     grad_checkpointing: bool = arg(False, "trainer", "recompute each block in backward: less memory, more time")
     # --- trainer: evaluation, logging, checkpoints
-    eval_data: str | None = arg(None, "trainer", "held-out JSONL; none = the synthetic test split, or the last "
-                                "--eval-size problems of --data")
-    eval_size: int = arg(200, "trainer", "held-out problems evaluated (at most)")
-    eval_k: tuple[int, ...] = arg((1, 8), "trainer", "report pass@k for each k; max(k) samples per problem at --temperature")
+    eval_data: tuple[str, ...] | None = arg(None, "trainer", "held-out JSONL file(s), each evaluated and reported "
+                                            "under its name (the file's stem); none = the synthetic or search test "
+                                            "split, or the last --eval-size problems of --data")
+    eval_size: int | None = arg(None, "trainer", "evaluate the first N problems of each held-out set; none = all of a "
+                                "--eval-data file, 200 of the synthetic / search test split or of --data's tail")
+    eval_k: tuple[int, ...] = arg((1, 8), "trainer", "report pass@k for each k; max(k) samples per problem")
+    eval_temperature: float | None = arg(None, "trainer", "evaluation's sampling temperature; none = --temperature")
+    eval_top_p: float | None = arg(None, "trainer", "evaluation's nucleus threshold; none = --top-p")
+    eval_max_new_tokens: int | None = arg(None, "trainer", "evaluation's response length limit; none = --max-new-tokens")
     eval_every: int = arg(0, "trainer", "also evaluate every N steps (0 = only before and after training)")
     eval_batch_size: int = arg(256, "trainer", "sequences per generate() call during evaluation")
     log_samples: int = arg(4, "trainer", "responses per step written to samples.jsonl (one per group)")
@@ -149,7 +154,8 @@ class Config:
     override: bool = arg(False, "trainer", "with --resume: let the flags given change the run's saved settings "
                          "(e.g. a larger --steps; the schedules keep their saved horizons); each change is recorded "
                          "in the run's changes.jsonl")
-    eval_only: bool = arg(False, "trainer", "only evaluate --model (any checkpoint folder) and exit")
+    eval_only: bool = arg(False, "trainer", "only evaluate --model (any checkpoint folder): results.json and every "
+                          "sample go to --run-dir (none = runs/eval-<date>-<time>-<pid>)")
     seed: int = arg(0, "trainer", "seeds data order and sampling (the task itself is fixed)")
     device: str = arg("auto", "trainer", "cpu | cuda | cuda:N (auto = cuda when available)")
     dtype: str = arg("auto", "trainer", "compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)",
@@ -533,26 +539,34 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     batch, drawn, state["data_pos"], info = sample_batch(policy, tok, cfg, train_set, train_ids, state["data_pos"],
                                                          step, device)
     t1 = time.time()
-    # 2. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled them;
-    #    with one epoch and no reference model, the update's own forward (see pi_old_from_update).
-    one_pass = pi_old_from_update(cfg)
-    old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
-    t2 = time.time()
-    # 3. Advantages: group-relative (method 1), then polarity and token-level shaping (method 2, 3).
-    #    The schedule's s counts RL steps from 0; the tie-break shuffle has its own seed.
+    # 2. Advantages: group-relative (method 1), from the rewards alone.
     adv = compute_advantages(batch.reward, cfg.group_size, cfg, batch.correct)          # [B]
     loss_mask = batch.mask & ~batch.truncated[:, None] if cfg.overlong_filter else batch.mask
     alphas = boost_factors(step - 1, cfg)
-    tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
-    rank_by = batch.sample_logp if one_pass else old_logp                               # [B, T]
-    token_adv, boosted_pos, boosted_neg = shape_advantages(adv, rank_by, loss_mask, alphas, cfg, entropy,
-                                                           tie_break)                   # [B, T]
-    # 4. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    epochs, train_tokens, update_entropy = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask,
-                                                      ref_logp, cfg)
-    entropy = update_entropy if one_pass else entropy
+    one_pass = pi_old_from_update(cfg)
+    if has_learning_signal(adv, loss_mask, cfg):
+        # 3. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled
+        #    them; with one epoch and no reference model, the update's own forward (pi_old_from_update).
+        old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
+        t2 = time.time()
+        # 4. Polarity and token-level shaping (method 2, 3); the tie-break shuffle has its own seed.
+        tie_break = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2_000_000_011)
+        rank_by = batch.sample_logp if one_pass else old_logp                           # [B, T]
+        token_adv, boosted_pos, boosted_neg = shape_advantages(adv, rank_by, loss_mask, alphas, cfg, entropy,
+                                                               tie_break)               # [B, T]
+        # 5. --ppo-epochs optimizer steps on the clipped surrogate (method 4).
+        epochs, train_tokens, update_entropy = ppo_update(policy, optimizer, batch, old_logp, token_adv, loss_mask,
+                                                          ref_logp, cfg)
+        entropy = update_entropy if one_pass else entropy
+    else:
+        # Every group's answers agree: the loss and its gradient are exactly 0, so no forward and no
+        # backward; the optimizer steps all the same, as under a zero gradient (Adam's moments decay).
+        t2 = time.time()
+        epochs, train_tokens = zero_gradient_update(policy, optimizer, cfg), 0
+        entropy = torch.full(batch.mask.shape, float("nan"), device=device)             # [B, T] not computed
+        boosted_pos = boosted_neg = torch.zeros_like(batch.mask)
     t3 = time.time()
 
     m = dict(step=step, split="train",
@@ -562,7 +576,7 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
              gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
              train_tokens_per_s=train_tokens / max(t3 - t2, 1e-9),
              time_generate=info["time_generate"], time_reward=info["time_reward"],
-             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0)
+             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0, nothing_to_learn=train_tokens == 0)
     G = cfg.group_size
     samples = [dict(step=step, split="train", prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text,
                     reward=r.reward, advantage=float(adv[i * G]))
@@ -800,6 +814,26 @@ def learning_rate(step: int, cfg: Config) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def has_learning_signal(adv: torch.Tensor, loss_mask: torch.Tensor, cfg: Config) -> bool:
+    """Whether the step's loss can have a gradient: a token in the loss with a non-zero advantage
+    after the polarity weights (shaping only scales those), or a KL term."""
+    return cfg.kl_coef > 0 or bool((polarity_weights(adv, cfg.w_pos, cfg.w_neg)[:, None] * loss_mask).any())
+
+
+def zero_gradient_update(policy, optimizer, cfg: Config) -> list[dict]:
+    """--ppo-epochs optimizer steps on an exactly zero gradient, without computing it: what
+    ppo_update would do to the weights and the AdamW state on a batch with nothing to learn."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for _ in range(cfg.ppo_epochs):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        if weights_version(policy) is not None:
+            policy.optimizer_steps += 1
+    optimizer.zero_grad(set_to_none=True)
+    return [dict(loss=0.0, grad_norm=0.0, skipped=False)] * cfg.ppo_epochs
+
+
 MEAN_STATS = ("clipfrac_low", "clipfrac_high", "clipfrac_dual", "approx_kl", "ratio_mean", "kl_ref")
 
 
@@ -926,16 +960,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> dict:
-    """Held-out accuracy: n = max(--eval-k) samples per problem at the training temperature
-    (avg@n = mean correctness = pass@1, and unbiased pass@k), plus greedy accuracy. Beside the
+    """Held-out accuracy: n = max(--eval-k) samples per problem at --eval-temperature (training's
+    when not given; so top-p and the token budget) (avg@n = mean correctness = pass@1, and
+    unbiased pass@k), plus greedy accuracy. Beside the
     reward's strict reading: lenient_acc scores the same samples with the verifier's fallback
     (a last number counts without \\boxed{}), so a gain that is only the format shows as a gap;
-    boxed and truncated are the shares of samples that box an answer / hit --max-new-tokens.
+    boxed and truncated are the shares of samples that box an answer / hit the token budget.
     samples: a list that gets every sampled response (problem-major, as drawn): its problem and
     sample index, text, length, reward and whether it was truncated.
     Several processes: each evaluates its share of the problems and the counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
+    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
+    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
     mine = my_share(len(problems))
     per_problem, mine_sampled = [], []  # counts over each problem's samples; this rank's samples
     seqs = [prompt_ids[i] for i in mine for _ in range(n)]
@@ -943,19 +981,18 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     greedy, sampled = [], []
     with full_weights(policy):  # (a collective under --fsdp: every process takes part, even one without problems)
         for s in range(0, len(seqs), cfg.eval_batch_size):
-            sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], cfg.max_new_tokens,
-                                      cfg.temperature, cfg.top_p, eos_ids=tok.eos_ids,
+            sampled += model.generate(policy, seqs[s:s + cfg.eval_batch_size], L, T, top_p, eos_ids=tok.eos_ids,
                                       row_keys=keys[s:s + cfg.eval_batch_size],
                                       weights_version=weights_version(policy))[0]
         for s in range(mine.start, mine.stop, cfg.eval_batch_size):
             greedy += model.generate(policy, prompt_ids[s:min(s + cfg.eval_batch_size, mine.stop)],
-                                     cfg.max_new_tokens, 0.0, eos_ids=tok.eos_ids,
+                                     L, 0.0, eos_ids=tok.eos_ids,
                                      weights_version=weights_version(policy))[0]
     for j, i in enumerate(mine):
         rs = sampled[j * n:(j + 1) * n]
         texts = [tok.decode(r) for r in rs]
         rewards = [reward(t, problems[i]) for t in texts]
-        cut = [len(r) == cfg.max_new_tokens and r[-1] not in tok.eos_ids for r in rs]
+        cut = [len(r) == L and r[-1] not in tok.eos_ids for r in rs]
         per_problem.append(dict(
             correct=int(sum(rewards)), lenient=sum(reward(t, problems[i], fallback=True) for t in texts),
             boxed=sum("\\boxed" in t for t in texts), truncated=sum(cut), length=sum(map(len, rs)),
@@ -980,6 +1017,17 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     return out
 
 
+def evaluate_all(policy, tok, cfg: Config, held_out: list) -> dict:
+    """Every held-out set (runs.HeldOut): {name: (evaluate's metrics, its samples, seconds)}."""
+    results = {}
+    for h in held_out:
+        t0, samples = time.time(), []
+        with runs.ticker(f"evaluating {h.name} ({len(h.problems)} problems)"):
+            ev = evaluate(policy, tok, cfg, h.problems, h.ids, samples)
+        results[h.name] = (ev, samples, time.time() - t0)
+    return results
+
+
 # ----------------------------------------------------------------------------- the run
 
 def resolve_defaults(cfg: Config) -> Config:
@@ -993,38 +1041,49 @@ def resolve_defaults(cfg: Config) -> Config:
 
 def run_training(run: runs.Run) -> dict:
     """The steps, evaluations and checkpoints of a run that runs.prepare loaded. Returns
-    {"before": eval dict, "after": eval dict or None, "run_dir", "stopped": the signal that stopped it, or None}."""
+    {"before": {set: eval dict}, "after": the same or None, "run_dir", "stopped": the signal that stopped it, or None}."""
     cfg, policy, state = run.cfg, run.policy, run.state
     runs.print_start(run)
+    eval_due = lambda s: s == cfg.steps or (cfg.eval_every and s % cfg.eval_every == 0)
+    seconds = dict(step=[], eval=[])  # for the ETA
 
     def evaluate_and_log(step):
-        t0, sampled = time.time(), []
-        ev = evaluate(policy, run.tok, cfg, run.eval_set, run.eval_ids, sampled)
-        runs.log_eval(run, step, ev, sampled, time.time() - t0)
-        return ev
+        t0 = time.time()
+        results = evaluate_all(policy, run.tok, cfg, run.held_out)
+        runs.log_eval(run, step, results)
+        seconds["eval"].append(time.time() - t0)
+        return {name: ev for name, (ev, _, _) in results.items()}
 
     stop, restore_signals = runs.install_stop_signals()
-    t_start, first_step, step_seconds = time.time(), state["step"] + 1, 0.0
+    t_start, saved_at = time.time(), state["step"] if state["step"] else None
     try:
         if state["eval_before"] is None:
             state["eval_before"] = state["eval_last"] = evaluate_and_log(0)
-        for step in range(first_step, cfg.steps + 1):
-            m, samples = train_step(step, policy, run.ref_policy, run.optimizer, run.tok, cfg, run.train_set,
-                                    run.train_ids, state)
+        while state["step"] < cfg.steps:
+            # a signal any process saw, during a step or an evaluation: every process saves and stops here
+            stop["signal"] = processes.any_signal(stop["signal"])
+            if stop["signal"]:
+                if saved_at != state["step"]:
+                    runs.save_checkpoint(cfg.run_dir, policy, run.tok, run.optimizer, state)
+                print(f"stopped after step {state['step']}; continue with: {processes.launcher()} a3po.py "
+                      f"--resume {cfg.run_dir}")
+                return dict(before=state["eval_before"], after=None, run_dir=cfg.run_dir, stopped=stop["signal"])
+            step = state["step"] + 1
+            with runs.ticker(f"step {step}/{cfg.steps}"):
+                m, samples = train_step(step, policy, run.ref_policy, run.optimizer, run.tok, cfg, run.train_set,
+                                        run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
-            stop["signal"] = processes.any_signal(stop["signal"])  # (seen by any process: all stop after this step)
             runs.log_step(cfg.run_dir, m, samples)
-            step_seconds += m["time_step"]
-            print(runs.progress_line(m, cfg, step_seconds / (step - first_step + 1) * (cfg.steps - step)), flush=True)
+            seconds["step"].append(m["time_step"])
+            evals_left = sum(map(eval_due, range(step, cfg.steps + 1)))
+            print(runs.progress_line(m, cfg, runs.eta(seconds, cfg.steps - step, evals_left)), flush=True)
 
-            if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            if eval_due(step):
                 state["eval_last"] = evaluate_and_log(step)
-            if step == cfg.steps or stop["signal"] or (cfg.save_every and step % cfg.save_every == 0):
+            if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
                 runs.save_checkpoint(cfg.run_dir, policy, run.tok, run.optimizer, state)
-            if stop["signal"] and step < cfg.steps:
-                print(f"stopped after step {step}; continue with: {processes.launcher()} a3po.py --resume {cfg.run_dir}")
-                return dict(before=state["eval_before"], after=None, run_dir=cfg.run_dir, stopped=stop["signal"])
+                saved_at = step
     finally:
         restore_signals()
         runs.release(run)
@@ -1038,13 +1097,14 @@ def train(cfg: Config) -> dict:
 
 
 def eval_only(cfg: Config, loaded=None) -> dict:
-    """--eval-only: evaluate --model (any checkpoint folder) on the held-out problems."""
-    policy, tok, eval_set, eval_ids = loaded or runs.prepare_eval(cfg)
-    ev = evaluate(policy, tok, cfg, eval_set, eval_ids)
-    for k, v in ev.items():
-        print(f"{k:14s} {v:.4f}")
-    print(f"pass@1: {100 * ev['pass@1']:.1f}%", flush=True)
-    return ev
+    """--eval-only: evaluate --model (any checkpoint folder) on every held-out set; results.json
+    and every sample go to the run folder. Returns {name: metrics}."""
+    cfg, policy, tok, held_out = loaded or runs.prepare_eval(cfg)
+    runs.print_eval_header(cfg, held_out)
+    t0 = time.time()
+    results = evaluate_all(policy, tok, cfg, held_out)
+    runs.write_eval_results(cfg, held_out, results, time.time() - t0)
+    return {name: ev for name, (ev, _, _) in results.items()}
 
 
 # ----------------------------------------------------------------------------- command line

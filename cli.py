@@ -71,8 +71,9 @@ def build_parser(config_cls, presets: dict, prog: str, description: str) -> argp
         kw = dict(dest=f.name, help=text.replace("%", "%%"))
         if base is bool:
             p.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
-        elif typing.get_origin(base) is tuple:
-            p.add_argument(*names, type=int, nargs="+", metavar="K", **kw)
+        elif typing.get_origin(base) is tuple:  # tuple[int, ...] or tuple[str, ...]
+            item = typing.get_args(base)[0]
+            p.add_argument(*names, type=item, nargs="+", metavar={int: "K"}.get(item, "S"), **kw)
         elif meta["choices"]:
             p.add_argument(*names, choices=list(meta["choices"]) + (["none"] if f.default is None else []), **kw)
         else:  # "none" turns an optional setting off
@@ -86,13 +87,19 @@ def parse_flags(parser: argparse.ArgumentParser, config_cls, argv=None) -> dict:
     for an optional setting, a list -> a tuple)."""
     given = vars(parser.parse_args(argv))
     optional = {f.name for f in fields(config_cls) if f.default is None}
-    return {k: None if k in optional and v == "none" else tuple(v) if isinstance(v, list) else v
+    return {k: None if k in optional and v in ("none", ["none"]) else tuple(v) if isinstance(v, list) else v
             for k, v in given.items()}
 
 
 def check_settings(cfg):
     """The settings' own values, checked once (Config.__post_init__ calls this), each error
-    naming its flag. What they need of the machine (files, processes) is runs.check_machine."""
+    naming its flag. What they need of the machine (files, processes) is runs.check_machine.
+    A list setting given as one string or a list (from Python, or an older config.json) becomes a tuple."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if typing.get_origin(f.type) is tuple or tuple in map(typing.get_origin, typing.get_args(f.type)):
+            if isinstance(v, (str, list)):
+                object.__setattr__(cfg, f.name, (v,) if isinstance(v, str) else tuple(v))
     for f in fields(cfg):
         v, allowed = getattr(cfg, f.name), f.metadata["choices"]
         need(allowed is None or v in allowed or (v is None and f.default is None),
@@ -111,7 +118,7 @@ def check_settings(cfg):
     need(cfg.loss_agg_constant is None or cfg.loss_agg_constant > 0,
          f"--loss-agg-constant {cfg.loss_agg_constant}: must be > 0")
     for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "ppo_epochs", "micro_batch_size",
-                 "max_sample_tries", "eval_size", "eval_batch_size", "train_size"):
+                 "max_sample_tries", "eval_batch_size", "train_size"):
         need(getattr(cfg, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(cfg, name)})")
     B = cfg.prompts_per_step * cfg.group_size
     need(cfg.adv_norm == "raw" or cfg.group_size >= 2,
@@ -126,6 +133,12 @@ def check_settings(cfg):
     need(0 <= cfg.lr <= 1, f"--lr {cfg.lr} must be in [0, 1]")
     need(cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
     need(cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip} must be >= 0 (0 = no clipping)")
+    for name in ("eval_size", "eval_max_new_tokens"):
+        need(getattr(cfg, name) is None or getattr(cfg, name) >= 1, f"--{flag(name)} must be >= 1 (got {getattr(cfg, name)})")
+    need(cfg.eval_temperature is None or 0 <= cfg.eval_temperature <= 100,
+         f"--eval-temperature {cfg.eval_temperature}: must be in [0, 100] (0 = greedy)")
+    need(cfg.eval_top_p is None or 0 < cfg.eval_top_p <= 1, f"--eval-top-p {cfg.eval_top_p} must be in (0, 1]")
+    need(cfg.eval_data is None or len(set(cfg.eval_data)) == len(cfg.eval_data), "--eval-data: a file given twice")
     need(len(cfg.eval_k) > 0 and min(cfg.eval_k) >= 1,
          f"--eval-k {' '.join(map(str, cfg.eval_k))}: give one or more k >= 1")
     need(cfg.overlong_cache is None or 0 <= cfg.overlong_cache < cfg.max_new_tokens,

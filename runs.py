@@ -268,9 +268,20 @@ def print_start(run):
     if run.state["step"]:
         print(f"resumed {cfg.run_dir} at step {run.state['step']}")
     print(f"{cfg.algo}: {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M parameters on "
-          f"{policy.output_weight.device}, {len(run.train_set)} training / {len(run.eval_set)} held-out problems, "
+          f"{policy.output_weight.device}, {len(run.train_set)} training problems, "
           f"{cfg.steps} steps of {cfg.prompts_per_step} prompts x {cfg.group_size} samples -> {cfg.run_dir}"
-          + (f", {N} processes{' (FSDP)' if processes.is_fsdp(policy) else ''}" if N > 1 else ""), flush=True)
+          + (f", {N} processes{' (FSDP)' if processes.is_fsdp(policy) else ''}" if N > 1 else ""))
+    print_eval_header(cfg, run.held_out)
+
+
+def print_eval_header(cfg, held_out: list):
+    """What an evaluation measures: per held-out set, N of M problems, k samples at temperature T, up to L tokens."""
+    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
+    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
+    for h in held_out:
+        print(f"held-out {h.name}: {len(h.problems)} of {h.total} problems, {max(cfg.eval_k)} samples at "
+              f"temperature {T}{f' (top-p {top_p})' if top_p < 1 else ''}, up to {L} tokens", flush=True)
 
 
 def progress_line(m: dict, cfg, eta: float) -> str:
@@ -281,7 +292,33 @@ def progress_line(m: dict, cfg, eta: float) -> str:
         line += f" | mixed groups {m['ds_mixed_groups']}/{cfg.prompts_per_step} in {m['ds_tries']} tries"
     if m["nonfinite_skipped"]:
         line += f" | SKIPPED {m['nonfinite_skipped']} non-finite update(s)"
+    if m["nothing_to_learn"]:
+        line += " | nothing to learn: every group's answers agree (no forward/backward)"
     return line
+
+
+def eta(seconds: dict, steps_left: int, evals_left: int) -> float:
+    """Seconds left: the steps and evaluations to come at the mean time of those so far."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    return mean(seconds["step"]) * steps_left + mean(seconds["eval"]) * evals_left
+
+
+@contextlib.contextmanager
+def ticker(label: str, every: float = 30.0):
+    """While the block runs longer than `every` seconds, a line every `every` seconds says it is
+    still running and for how long (a step or an evaluation of a large model takes minutes)."""
+    done, t0 = threading.Event(), time.time()
+
+    def tick():
+        while not done.wait(every):
+            print(f"  ... {label}: {fmt_time(time.time() - t0)} so far", flush=True)
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def log_step(run_dir: str, metrics: dict, samples: list[dict]):
@@ -292,34 +329,76 @@ def log_step(run_dir: str, metrics: dict, samples: list[dict]):
             append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
 
 
-def log_eval(run, step: int, ev: dict, sampled: list[dict], seconds: float):
-    """An evaluation's line in metrics.jsonl, the first sample of the first --log-samples problems
-    in samples.jsonl, and one line on the console."""
+def eval_line(step: int | None, name: str, ev: dict, seconds: float) -> str:
+    numbers = " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
+    return ("eval" if step is None else f"eval {step:4d}") + f" {name} | {numbers} | {fmt_time(seconds)}"
+
+
+def log_eval(run, step: int, results: dict):
+    """An evaluation: per held-out set, a line in metrics.jsonl (its name under "benchmark"), the
+    first sample of its first --log-samples problems in samples.jsonl, and a console line.
+    results: {name: (metrics, samples, seconds)}."""
     cfg = run.cfg
-    if processes.world()[0] == 0:
-        append_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"), dict(step=step, split="eval", **ev, time_eval=seconds))
-        for x in sampled:
-            if x["sample"] == 0 and x["problem"] < cfg.log_samples:
-                p = run.eval_set[x["problem"]]
-                append_jsonl(os.path.join(cfg.run_dir, "samples.jsonl"), dict(
-                    step=step, split="eval", problem=x["problem"], prompt=p.prompt, gold=p.answer,
-                    completion=x["completion"], reward=x["reward"]))
-    print(f"eval {step:4d} | " + " | ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}" for k, v in ev.items())
-          + f" | {fmt_time(seconds)}", flush=True)
+    for h in run.held_out:
+        ev, sampled, seconds = results[h.name]
+        if processes.world()[0] == 0:
+            append_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"),
+                         dict(step=step, split="eval", benchmark=h.name, **ev, time_eval=seconds))
+            for x in sampled:
+                if x["sample"] == 0 and x["problem"] < cfg.log_samples:
+                    p = h.problems[x["problem"]]
+                    append_jsonl(os.path.join(cfg.run_dir, "samples.jsonl"), dict(
+                        step=step, split="eval", benchmark=h.name, problem=x["problem"], prompt=p.prompt,
+                        gold=p.answer, completion=x["completion"], reward=x["reward"]))
+        print(eval_line(step, h.name, ev, seconds), flush=True)
+
+
+def mean_pass1(evals: dict) -> float:
+    return sum(ev["pass@1"] for ev in evals.values()) / len(evals)
 
 
 def print_summary(run, seconds: float):
-    """Before / after table; the LAST line is `pass@1: <before>% -> <after>%` for scripts."""
+    """Before / after table per held-out set; the LAST line is `pass@1: <before>% -> <after>%`
+    for scripts (with several sets, their mean, said so)."""
     cfg, state = run.cfg, run.state
-    before, after = state["eval_before"], state["eval_last"]
     print(f"\ndone: {state['step']} steps in {fmt_time(seconds)}, {state['nonfinite_skipped']} non-finite "
           f"update(s) skipped; checkpoint in {os.path.join(cfg.run_dir, 'checkpoint')}")
-    print(f"held-out: {len(run.eval_set)} problems, {max(cfg.eval_k)} samples each at temperature {cfg.temperature}")
-    print(f"  {'':14s} {'before':>8s} {'after':>8s}")
-    for k in after:
-        fmt = (lambda v: f"{100 * v:7.1f}%") if "length" not in k else (lambda v: f"{v:8.1f}")
-        print(f"  {k:14s} {fmt(before[k]) if k in before else '-':>8s} {fmt(after[k])}")
-    print(f"pass@1: {100 * before['pass@1']:.1f}% -> {100 * after['pass@1']:.1f}%", flush=True)
+    before_all, after_all = state["eval_before"], state["eval_last"]
+    for name, after in after_all.items():
+        before = before_all.get(name, {})
+        print(f"  {name:14s} {'before':>8s} {'after':>8s}")
+        for k in after:
+            fmt = (lambda v: f"{100 * v:7.1f}%") if "length" not in k else (lambda v: f"{v:8.1f}")
+            print(f"  {k:14s} {fmt(before[k]) if k in before else '-':>8s} {fmt(after[k])}")
+    mean = f" (mean of {len(after_all)} held-out sets)" if len(after_all) > 1 else ""
+    print(f"pass@1: {100 * mean_pass1(before_all):.1f}% -> {100 * mean_pass1(after_all):.1f}%{mean}", flush=True)
+
+
+def write_eval_results(cfg, held_out: list, results: dict, seconds: float):
+    """--eval-only's files in cfg.run_dir: results.json (the settings that matter and each set's
+    numbers) and samples.jsonl (every sample). Console: one line per set, then `pass@1: X%`."""
+    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
+    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
+    summary = dict(model=cfg.model, samples_per_problem=max(cfg.eval_k), temperature=T, top_p=top_p,
+                   max_new_tokens=L, seed=cfg.seed, seconds=seconds, benchmarks={})
+    for h in held_out:
+        ev, sampled, t = results[h.name]
+        summary["benchmarks"][h.name] = dict(problems=len(h.problems), of=h.total, **ev, time_eval=t)
+        print(eval_line(None, h.name, ev, t), flush=True)
+    if processes.world()[0] == 0:
+        write_atomic(os.path.join(cfg.run_dir, "results.json"), json.dumps(summary, indent=2))
+        lines = []
+        for h in held_out:
+            for x in results[h.name][1]:
+                p = h.problems[x["problem"]]
+                lines.append(json.dumps(dict(benchmark=h.name, **x, prompt=p.prompt, gold=p.answer)) + "\n")
+        write_atomic(os.path.join(cfg.run_dir, "samples.jsonl"), "".join(lines))
+    evals = {name: r[0] for name, r in results.items()}
+    mean = f" (mean of {len(evals)} held-out sets)" if len(evals) > 1 else ""
+    print(f"results in {os.path.join(cfg.run_dir, 'results.json')}")
+    print(f"pass@1: {100 * mean_pass1(evals):.1f}%{mean}", flush=True)
+    return summary
 
 
 # ----------------------------------------------------------------------------- before the first step
@@ -345,6 +424,8 @@ def resumed_config(config_cls, given: dict):
     unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(config_cls)})
     need(not unknown, f"{path}: unknown setting(s) {', '.join(unknown)} (written by another version of a3po.py?)")
     saved["eval_k"] = tuple(saved["eval_k"])
+    if isinstance(saved.get("eval_data"), (str, list)):  # one file, as runs saved it before there could be several
+        saved["eval_data"] = (saved["eval_data"],) if isinstance(saved["eval_data"], str) else tuple(saved["eval_data"])
     try:
         base = config_cls(**saved)
     except UserError as e:
@@ -397,14 +478,29 @@ def check_machine(cfg):
          "(N >= 2)")
     need(cfg.data in ("synthetic", "search") or os.path.isfile(cfg.data),
          f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
-    need(not cfg.eval_data or os.path.isfile(cfg.eval_data), f"--eval-data {cfg.eval_data}: no such file")
+    for path in cfg.eval_data or ():
+        need(os.path.isfile(path), f"--eval-data {path}: no such file")
     path = resolve_model_path(cfg.model)
     need(os.path.isfile(os.path.join(path, "config.json")),
          f"--model {cfg.model}: no Hugging Face model folder there (config.json missing)")
 
 
+@dataclasses.dataclass
+class HeldOut:  # one held-out set (benchmark): the problems evaluated, N of the set's M
+    name: str               # how metrics.jsonl, the console and results.json call it
+    problems: list          # [N] tasks.Problem
+    total: int              # M: the problems the set has
+    ids: list | None = None  # [N] prompt token ids (encode_prompts)
+
+
+def benchmark_name(path: str) -> str:
+    """math500_test.jsonl -> math500: the file's stem, without a _test suffix."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[:-len("_test")] if stem.endswith("_test") and len(stem) > 5 else stem
+
+
 def load_problems(cfg):
-    """-> (training problems, held-out problems). Bad files fail here, naming file:line.
+    """-> (training problems, [HeldOut]). Bad files fail here, naming file:line.
     --answer-check number / equivalence sets how every problem's reward reads answers
     (auto: as its task says, see tasks.Problem.numeric)."""
     with input_errors():
@@ -412,42 +508,57 @@ def load_problems(cfg):
     if cfg.answer_check != "auto":
         numeric = cfg.answer_check == "number"
         train = [dataclasses.replace(p, numeric=numeric) for p in train]
-        held_out = [dataclasses.replace(p, numeric=numeric) for p in held_out]
+        for h in held_out:
+            h.problems = [dataclasses.replace(p, numeric=numeric) for p in h.problems]
     return train, held_out
 
 
 def read_problems(cfg):
     fmt = dict(fmt=cfg.data_format, prompt_key=cfg.prompt_key, answer_key=cfg.answer_key)
-    held_out = None
+    size = cfg.eval_size or 200  # of a generated test split, or of --data's tail
+    held_out = []
     if cfg.data == "synthetic":
         # The task itself is fixed (seed 0): --seed changes only the training randomness, so
         # runs with different seeds are compared on the same held-out problems.
         train = tasks.synthetic_problems(cfg.train_size, 0, "train", cfg.synthetic_level)
         if not cfg.eval_data:
-            held_out = tasks.synthetic_problems(cfg.eval_size, 0, "test", cfg.synthetic_level)
+            held_out = [HeldOut("synthetic", tasks.synthetic_problems(size, 0, "test", cfg.synthetic_level), size)]
     elif cfg.data == "search":
         train = tasks.search_problems(cfg.train_size, 0, "train")
         if not cfg.eval_data:
-            held_out = tasks.search_problems(cfg.eval_size, 0, "test")
+            held_out = [HeldOut("search", tasks.search_problems(size, 0, "test"), size)]
     else:
         train = tasks.load_problems(cfg.data, **fmt)
         if not cfg.eval_data:  # hold out the tail of the file (never trained on)
-            need(len(train) >= 2 * cfg.eval_size, f"{cfg.data}: {len(train)} problems is too few to hold out "
-                 f"--eval-size {cfg.eval_size}; pass --eval-data or a smaller --eval-size")
-            train, held_out = train[:-cfg.eval_size], train[-cfg.eval_size:]
-    if cfg.eval_data:
-        held_out = tasks.load_problems(cfg.eval_data, **fmt)[:cfg.eval_size]
+            need(len(train) >= 2 * size, f"{cfg.data}: {len(train)} problems is too few to hold out "
+                 f"--eval-size {size}; pass --eval-data or a smaller --eval-size")
+            train, tail = train[:-size], train[-size:]
+            held_out = [HeldOut(benchmark_name(cfg.data) + "-tail", tail, size)]
+    for path in cfg.eval_data or ():
+        problems = tasks.load_problems(path, **fmt)
+        held_out.append(HeldOut(benchmark_name(path), problems[:cfg.eval_size], len(problems)))
+    names = [h.name for h in held_out]
+    need(len(set(names)) == len(names), f"--eval-data: two files named {sorted({n for n in names if names.count(n) > 1})} "
+         f"(a benchmark is reported under its file's name): rename one")
     return train, held_out
 
 
-def encode_prompts(problems, tok, cfg, context: int, where: str) -> list[list[int]]:
-    """Prompt ids of each problem; a prompt that cannot fit its answer in the context
-    (the model's max_position_embeddings) is an error naming the problem's file:line."""
+def encode_prompts(problems, tok, cfg, context: int, where: str, budget: str = "max_new_tokens") -> list[list[int]]:
+    """Prompt ids of each problem; a prompt that cannot fit its answer (`budget`: the setting
+    that bounds it) in the context (the model's max_position_embeddings) is an error naming the
+    problem's file:line."""
+    max_new = getattr(cfg, budget)
     ids = [tasks.build_prompt(p.prompt, tok, cfg.template) for p in problems]
     for i, (problem, p) in enumerate(zip(problems, ids)):
-        need(len(p) + cfg.max_new_tokens <= context, f"{problem.source or f'{where} problem {i + 1}'}: prompt of "
-             f"{len(p)} tokens + --max-new-tokens {cfg.max_new_tokens} exceeds the model's context of {context} tokens")
+        need(len(p) + max_new <= context, f"{problem.source or f'{where} problem {i + 1}'}: prompt of "
+             f"{len(p)} tokens + --{flag(budget)} {max_new} exceeds the model's context of {context} tokens")
     return ids
+
+
+def encode_held_out(held_out: list[HeldOut], tok, cfg, context: int):
+    budget = "max_new_tokens" if cfg.eval_max_new_tokens is None else "eval_max_new_tokens"
+    for h in held_out:
+        h.ids = encode_prompts(h.problems, tok, cfg, context, h.name, budget)
 
 
 def load_policy(path: str, cfg, device):
@@ -483,9 +594,8 @@ class Run:  # everything a run needs, loaded and checked before the first step
     tok: model.Tokenizer
     optimizer: torch.optim.Optimizer
     train_set: list
-    eval_set: list
     train_ids: list
-    eval_ids: list
+    held_out: list          # [HeldOut], prompt ids encoded
     state: dict             # step, data_pos, nonfinite_skipped, eval_before, eval_last
     lock: str | None        # rank 0's lock file (None on the other ranks)
 
@@ -506,11 +616,11 @@ def prepare(cfg) -> Run:
         ckpt = find_checkpoint(run_dir)
         need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
         need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
-        train_set, eval_set = load_problems(cfg)
+        train_set, held_out = load_problems(cfg)
         policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
         context = policy.config.max_position_embeddings
         train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
-        eval_ids = encode_prompts(eval_set, tok, cfg, context, "--eval-data " + (cfg.eval_data or cfg.data))
+        encode_held_out(held_out, tok, cfg, context)
         policy.gradient_checkpointing = cfg.grad_checkpointing
         # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
         ref_policy = None
@@ -534,6 +644,9 @@ def prepare(cfg) -> Run:
         try:
             if ckpt:
                 state = load_trainer_state(ckpt, optimizer, policy)
+                for key in ("eval_before", "eval_last"):  # a checkpoint from before held-out sets had names
+                    if state.get(key) and "pass@1" in state[key]:
+                        state[key] = {held_out[0].name: state[key]}
                 if rank == 0:
                     for name in ("metrics.jsonl", "samples.jsonl"):
                         truncate_jsonl(os.path.join(run_dir, name), state["step"])
@@ -553,17 +666,31 @@ def prepare(cfg) -> Run:
         if lock:
             os.remove(lock)
         raise
-    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, eval_set, train_ids, eval_ids, state, lock)
+    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, train_ids, held_out, state, lock)
+
+
+def load_for_eval(cfg):
+    """(policy, tok, [HeldOut] encoded) of --model and the held-out sets the settings name."""
+    check_machine(cfg)
+    _, held_out = load_problems(cfg)
+    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, processes.pick_device(cfg.device))
+    encode_held_out(held_out, tok, cfg, policy.config.max_position_embeddings)
+    return policy, tok, held_out
 
 
 def prepare_eval(cfg):
-    """--eval-only's loading: (policy, tok, held-out problems, their prompt ids)."""
-    check_machine(cfg)
-    _, eval_set = load_problems(cfg)
-    policy, tok = load_policy(resolve_model_path(cfg.model), cfg, processes.pick_device(cfg.device))
-    eval_ids = encode_prompts(eval_set, tok, cfg, policy.config.max_position_embeddings,
-                              "--eval-data " + (cfg.eval_data or cfg.data))
-    return policy, tok, eval_set, eval_ids
+    """--eval-only's loading: (cfg with its run folder, policy, tok, [HeldOut] encoded). The
+    folder (--run-dir, or a new runs/eval-...) gets config.json now and the results at the end."""
+    policy, tok, held_out = load_for_eval(cfg)
+    run_dir = processes.broadcast_object(cfg.run_dir or new_run_dir("eval", cfg.seed))
+    cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    need(not os.path.isdir(run_dir) or not os.listdir(run_dir),
+         f"--run-dir {run_dir} is not empty: --eval-only writes its results to a new folder (or leave --run-dir out)")
+    if processes.world()[0] == 0:
+        with input_errors():
+            os.makedirs(run_dir, exist_ok=True)
+        write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+    return cfg, policy, tok, held_out
 
 
 def release(run):

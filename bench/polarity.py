@@ -276,12 +276,14 @@ def redrawn_evaluation(config: dict, model_path: str, threads: int):
     if threads:
         torch.set_num_threads(threads)
     fields = {f.name for f in dataclasses.fields(a3po.Config)}  # a config.json from an older a3po.py too
-    cfg = a3po.Config(**{k: tuple(v) if k == "eval_k" else v for k, v in config.items() if k in fields})
+    as_tuple = lambda v: (v,) if isinstance(v, str) else tuple(v)
+    cfg = a3po.Config(**{k: as_tuple(v) if k in ("eval_k", "eval_data") and v is not None else v
+                         for k, v in config.items() if k in fields})
     cfg.model = model_path
-    policy, tok, problems, prompts = runs.prepare_eval(cfg)
+    policy, tok, (held_out,) = runs.load_for_eval(cfg)
     samples = []
-    ev = a3po.evaluate(policy, tok, cfg, problems, prompts, samples)
-    return ev, samples, problems
+    ev = a3po.evaluate(policy, tok, cfg, held_out.problems, held_out.ids, samples)
+    return ev, samples, held_out.problems
 
 
 def held_out_samples(config: dict, model_path: str, threads: int) -> dict:

@@ -221,7 +221,7 @@ def test_stopped_torchrun_run_resumes_to_what_one_process_logs(tiny, straight, t
     out, err = proc.communicate(timeout=90)
     assert proc.returncode != 0, (out, err[-3000:])
     assert f"{sig.name}: finishing this step" in out and "--resume" in out and "aborted" not in out
-    assert out.count("eval    0 |") == 1 and "step    1/" in out  # rank 0 alone prints
+    assert out.count("eval    0 eval |") == 1 and "step    1/" in out  # rank 0 alone prints
     with open(run / "checkpoint" / "trainer_state.json") as f:
         stopped = json.load(f)["step"]
     assert 1 <= stopped <= 3 and [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["split"] == "train"] \

@@ -181,7 +181,9 @@ def test_the_plotted_metrics_are_the_ones_the_trainer_writes():
             else:
                 assert key in batch | step | loss, f"a3po.py no longer writes {key!r}, which tools/plot_run.py plots"
     assert 'f"pass@{k}"' in trainer  # the held-out panels' keys
-    assert 'split="train"' in trainer and 'split="eval"' in trainer
+    with open(os.path.join(ROOT, "runs.py"), encoding="utf-8") as f:
+        writer = f.read()  # (evaluation records are written there, one per held-out set)
+    assert 'split="train"' in trainer and 'split="eval", benchmark=' in writer
 
 
 @needs_matplotlib

@@ -418,7 +418,9 @@ def test_search_task_runs_on_its_own_problems_model_and_outputs(tmp_path):
     cfg = a3po.parse_config(cmd[2:])
     assert cfg.model == "data/search_model" and cfg.max_new_tokens == tasks.SEARCH_MAX_NEW_TOKENS
     train, held_out = runs.load_problems(dataclasses.replace(cfg, train_size=500))
-    assert held_out == tasks.search_problems(16, 0, "test") and not {p.prompt for p in train} & {p.prompt for p in held_out}
+    (held_out,) = held_out
+    assert held_out.name == "search" and held_out.problems == tasks.search_problems(16, 0, "test")
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out.problems}
 
 
 def test_length_table_pools_the_recorded_samples(tmp_path):

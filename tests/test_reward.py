@@ -95,7 +95,8 @@ def test_gsm8k_rewards_the_number_and_math_keeps_equivalence(tmp_path):
     # --answer-check overrides the task's own choice, for every problem of a run
     def loaded(check, data):
         cfg = a3po.apply_preset("a3po", dict(data=str(data), eval_data=str(data), eval_size=2, answer_check=check))
-        return runs.load_problems(cfg)
+        train, (held_out,) = runs.load_problems(cfg)
+        return train, held_out.problems
     train, held_out = loaded("number", math_file)
     assert all(p.numeric for p in train + held_out) and a3po.reward("\\boxed{\\frac{10}{2}}", held_out[1]) == 0.0
     train, held_out = loaded("equivalence", gsm)

@@ -4,6 +4,7 @@ The task: the prompt is one token "q<d>", the right answer is "\\boxed{<d>}" (on
 word-level vocabulary), scored by the real verifier. A random model gets it right by chance
 (~1 in 10 tokens is a right boxed answer), so groups have mixed rewards from the start.
 """
+import copy
 import dataclasses
 import itertools
 import json
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -135,8 +137,8 @@ def test_run_writes_every_file(tiny, tmp_path, capsys):
     # console: a progress line per step, and a summary whose LAST line scripts can read
     assert out.count("step ") >= 3 and "eta" in out
     last = out.strip().splitlines()[-1]
-    assert last == (f"pass@1: {100 * result['before']['pass@1']:.1f}% -> "
-                    f"{100 * result['after']['pass@1']:.1f}%")
+    assert last == (f"pass@1: {100 * result['before']['eval']['pass@1']:.1f}% -> "
+                    f"{100 * result['after']['eval']['pass@1']:.1f}%")
 
 
 def test_the_tiny_task_is_learned(tiny, tmp_path):
@@ -144,7 +146,7 @@ def test_the_tiny_task_is_learned(tiny, tmp_path):
     (Seen here: seeds 0, 1, 2 went 16% -> 43%, 11% -> 40%, 16% -> 27%.)"""
     result = a3po.train(a3po.parse_config(tiny_args(tiny, tmp_path / "run", "--steps", "12", "--lr", "1e-2",
                                                     "--eval-k", "1", "16")))
-    assert result["after"]["pass@1"] >= result["before"]["pass@1"] + 0.1, result
+    assert result["after"]["eval"]["pass@1"] >= result["before"]["eval"]["pass@1"] + 0.1, result
 
 
 def test_resume_is_exact_and_ctrl_c_saves(tiny, tmp_path, monkeypatch):
@@ -486,18 +488,35 @@ def test_bad_input_fails_before_compute(tiny, tmp_path, monkeypatch):
     fails("already holds a run", "--steps", "1")
 
 
-def test_eval_only(tiny, capsys):
-    cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only"))
-    ev = a3po.main(tiny_args(tiny, "unused", "--eval-only"))
-    assert cfg.eval_only and set(ev) >= {"pass@1", "pass@4", "greedy_acc", "avg@4"}
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"pass@1: {100 * ev['pass@1']:.1f}%"
+def test_eval_only(tiny, tmp_path, capsys):
+    """--eval-only on two held-out files: a header per set, one line each, results.json and
+    every sample in the run folder; a folder that is not empty is refused."""
+    (tmp_path / "eval2.jsonl").write_text((tiny / "eval.jsonl").read_text())
+    args = tiny_args(tiny, tmp_path / "ev", "--eval-only", "--eval-temperature", "0.7", "--eval-max-new-tokens", "3")
+    args[args.index("--eval-data") + 1:args.index("--eval-data") + 2] = [str(tiny / "eval.jsonl"), str(tmp_path / "eval2.jsonl")]
+    evs = a3po.main(args)
+    assert list(evs) == ["eval", "eval2"] and set(evs["eval"]) >= {"pass@1", "pass@4", "greedy_acc", "avg@4"}
+    assert evs["eval"] == evs["eval2"]  # the same problems and per-row keys: the same samples
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "held-out eval: 8 of 8 problems, 4 samples at temperature 0.7, up to 3 tokens" in out
+    assert out[-1] == f"pass@1: {100 * evs['eval']['pass@1']:.1f}% (mean of 2 held-out sets)"
+    with open(tmp_path / "ev" / "results.json") as f:
+        results = json.load(f)
+    assert results["benchmarks"]["eval2"]["problems"] == 8 and results["benchmarks"]["eval2"]["of"] == 8
+    assert results["temperature"] == 0.7 and results["max_new_tokens"] == 3
+    samples = read_jsonl(tmp_path / "ev" / "samples.jsonl")
+    assert len(samples) == 2 * 8 * 4 and all(len(s["completion"]) >= 0 and s["length"] <= 3 for s in samples)
+    with pytest.raises(SystemExit) as e:
+        a3po.main(args)
+    assert e.value.code == 2 and "is not empty" in capsys.readouterr().err
 
 
 def test_eval_counts_recomputed_sample_by_sample(tiny):
     """evaluate's strict / lenient / boxed / truncated shares and the samples it hands back equal
     the very samples (same per-row keys) drawn again here one problem at a time, unbatched."""
     cfg = a3po.parse_config(tiny_args(tiny, "unused", "--eval-only"))
-    policy, tok, problems, ids = runs.prepare_eval(cfg)
+    policy, tok, (held_out,) = runs.load_for_eval(cfg)
+    problems, ids = held_out.problems, held_out.ids
     sampled = []
     ev = a3po.evaluate(policy, tok, cfg, problems, ids, sampled)
     n, strict, lenient, boxed, cut, redrawn = 4, 0, 0, 0, 0, []
@@ -537,3 +556,72 @@ def test_every_preset_and_option_runs(tiny, tmp_path, extra):
         assert all("kl_ref" in m for m in lines)
         with open(tmp_path / "run" / "config.json") as f:
             assert json.load(f)["loss_agg_constant"] == 4.0  # token-sum-norm defaults to --max-new-tokens
+
+
+def test_a_step_with_nothing_to_learn_skips_the_passes_not_the_optimizer(tiny, tmp_path, monkeypatch):
+    """Every answer wrong: no pi_old pass and no update pass run, the step line says so, and the
+    weights and the AdamW state after the step equal the full path's on the same exactly-zero
+    gradient (Adam's moments, built by a first real step, decay the same)."""
+    run = runs.prepare(a3po.resolve_defaults(a3po.parse_config(tiny_args(tiny, tmp_path / "run", "--steps", "3"))))
+    args = lambda: (run.policy, run.ref_policy, run.optimizer, run.tok, run.cfg, run.train_set, run.train_ids)
+    a3po.train_step(1, *args(), run.state)  # a real step: the moments are no longer 0
+    start = (copy.deepcopy(run.policy.state_dict()), copy.deepcopy(run.optimizer.state_dict()), dict(run.state),
+             run.policy.optimizer_steps)
+    monkeypatch.setattr(a3po, "reward", lambda text, problem, fallback=False: 0.0)
+
+    def after_step(force_full_path: bool):
+        run.policy.load_state_dict(start[0])
+        run.optimizer.load_state_dict(copy.deepcopy(start[1]))
+        run.policy.optimizer_steps = start[3]
+        with monkeypatch.context() as m:
+            if force_full_path:
+                m.setattr(a3po, "has_learning_signal", lambda *a: True)
+            else:
+                for name in ("old_logprobs", "ppo_update", "response_logprobs"):
+                    m.setattr(a3po, name, lambda *a, **k: pytest.fail("a pass ran on a step with nothing to learn"))
+            metrics, _ = a3po.train_step(2, *args(), dict(start[2]))
+        opt = run.optimizer.state_dict()["state"]
+        return metrics, copy.deepcopy(run.policy.state_dict()), copy.deepcopy(opt), run.policy.optimizer_steps
+
+    skipped, full = after_step(False), after_step(True)
+    assert skipped[0]["nothing_to_learn"] and not full[0]["nothing_to_learn"] and full[0]["grad_norm"] == 0
+    assert "nothing to learn" in runs.progress_line(skipped[0], run.cfg, 0.0)
+    assert skipped[3] == full[3] == start[3] + run.cfg.ppo_epochs
+    assert all(torch.equal(skipped[1][k], full[1][k]) for k in full[1])
+    assert any(not torch.equal(full[1][k], start[0][k]) for k in full[1])  # the decaying moments still move them
+    assert all(torch.equal(skipped[2][i][k], full[2][i][k]) for i in full[2] for k in full[2][i])
+    runs.release(run)
+
+
+def test_ctrl_c_during_an_evaluation_stops_after_it(tiny, tmp_path, monkeypatch):
+    """A Ctrl-C during the evaluation before training stops when it ends, before any step, with
+    a checkpoint at step 0; --resume trains every step without evaluating the start again."""
+    run, real_eval, calls = tmp_path / "run", a3po.evaluate_all, []
+
+    def eval_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(a3po, "evaluate_all", eval_with_ctrl_c)
+    result = a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "2")))
+    assert result["stopped"] == signal.SIGINT and result["after"] is None
+    assert [(m["split"], m["step"]) for m in read_jsonl(run / "metrics.jsonl")] == [("eval", 0)]
+    with open(run / "checkpoint" / "trainer_state.json") as f:
+        assert json.load(f)["step"] == 0
+    a3po.train(a3po.parse_config(["--resume", str(run)]))
+    assert [(m["split"], m["step"]) for m in read_jsonl(run / "metrics.jsonl")] == \
+        [("eval", 0), ("train", 1), ("train", 2), ("eval", 2)]
+
+
+def test_eta_counts_evaluations_and_long_blocks_show_progress(capsys):
+    assert runs.eta(dict(step=[2.0, 4.0], eval=[10.0]), steps_left=3, evals_left=2) == 3 * 3.0 + 2 * 10.0
+    assert runs.eta(dict(step=[2.0], eval=[]), steps_left=1, evals_left=1) == 2.0
+    with runs.ticker("step 7/9", every=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("  ... step 7/9: ") and "so far" in line for line in lines)
+    with runs.ticker("quick", every=5.0):
+        pass
+    assert capsys.readouterr().out == ""
