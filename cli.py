@@ -6,10 +6,12 @@ allowed values. `build_parser` turns the fields into flags whose defaults are SU
 parse_args returns only the flags the user typed (those override a preset); each flag's help
 ends with its default and the presets that set another value. `check_settings` is what
 Config.__post_init__ runs: a bad value fails before any compute, naming its flag. Errors a
-user can cause are UserError: one line `a3po: error: ...`, exit 2, no traceback.
+user can cause are UserError: one line `a3po: error: ...`, exit 2, no traceback; argparse's own
+errors (an unknown flag, a bad value for a typed flag) are UserError too, without its usage block.
 a3po.py imports this file; this file never imports a3po.py.
 """
 import argparse
+import difflib
 import math
 import typing
 from dataclasses import field, fields
@@ -47,9 +49,17 @@ def optional(convert):
     return parse
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is a UserError (one line naming the flag), not the usage block and exit."""
+    def error(self, message):
+        raise UserError(message.removeprefix("argument "))
+
+
 def build_parser(config_cls, presets: dict, prog: str, description: str) -> argparse.ArgumentParser:
-    """One flag per field of config_cls; presets: {name: {field: value}} (shown next to defaults)."""
-    p = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS, description=description)
+    """One flag per field of config_cls; presets: {name: {field: value}} (shown next to defaults).
+    No abbreviations: argparse would otherwise run `--step 1` as --steps 1 and `--eval-on` as
+    --eval-only, and a flag added later could silently change what an old command line means."""
+    p = Parser(prog=prog, argument_default=argparse.SUPPRESS, description=description, allow_abbrev=False)
     defaults = config_cls()
     preset_fields = set().union(*(v.keys() for v in presets.values()))
     for f in fields(config_cls):
@@ -84,11 +94,25 @@ def build_parser(config_cls, presets: dict, prog: str, description: str) -> argp
 
 def parse_flags(parser: argparse.ArgumentParser, config_cls, argv=None) -> dict:
     """{field: value} of the flags the user typed, as the config holds them ('none' -> None
-    for an optional setting, a list -> a tuple)."""
-    given = vars(parser.parse_args(argv))
+    for an optional setting, a list -> a tuple). An unknown flag is an error that names the
+    nearest real one."""
+    given, unknown = parser.parse_known_args(argv)
+    if unknown:
+        word = unknown[0]
+        if word.startswith("-"):
+            name = word.split("=")[0]  # (--flag=value)
+            raise UserError(f"unknown flag {name}" + did_you_mean(name, parser))
+        raise UserError(f"unexpected argument {word!r}: a value with no --flag before it")
+    given = vars(given)
     optional = {f.name for f in fields(config_cls) if f.default is None}
     return {k: None if k in optional and v in ("none", ["none"]) else tuple(v) if isinstance(v, list) else v
             for k, v in given.items()}
+
+
+def did_you_mean(word: str, parser: argparse.ArgumentParser) -> str:
+    names = [s for action in parser._actions for s in action.option_strings]
+    close = difflib.get_close_matches(word, names, n=1)
+    return f" (did you mean {close[0]}?)" if close else " (see --help)"
 
 
 def check_settings(cfg):

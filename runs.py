@@ -412,10 +412,16 @@ def resumed_config(config_cls, given: dict):
     """--resume RUN_DIR: the run's saved config.json, with the flags given. A flag that would
     change a saved setting is refused unless --override is given too (e.g. --override --steps 80
     extends a run; prepare records the change in changes.jsonl)."""
-    path = os.path.join(given["resume"], "config.json")
-    need(os.path.exists(path), f"--resume {given['resume']}: no config.json there")
+    resume = given["resume"]
+    path = os.path.join(resume, "config.json")
+    # A checkpoint folder has a config.json too (the model's): name the mix-up, not its settings.
+    need(not os.path.isfile(os.path.join(resume, "trainer_state.json")), f"--resume {resume} is a checkpoint "
+         f"folder: pass the run folder, --resume {os.path.normpath(os.path.join(resume, os.pardir))}")
+    need(os.path.exists(path), f"--resume {resume}: no config.json there")
     need("algo" not in given, "--algo cannot change on --resume (the preset is in the run's config.json)")
     saved = read_json(path, "run config")
+    need("model_type" not in saved, f"--resume {resume} is a model folder, not a training run's: to train "
+         f"from it pass --model {resume}")
     saved.pop("override", None)  # said for one resume, not for the next
     for name in ("pos_tail", "neg_tail"):  # runs saved before the tails were named by intent
         if saved.get(name) in ("low", "high"):
@@ -481,8 +487,31 @@ def check_machine(cfg):
     for path in cfg.eval_data or ():
         need(os.path.isfile(path), f"--eval-data {path}: no such file")
     path = resolve_model_path(cfg.model)
+    # A run folder has a config.json too (a3po's settings, next to metrics.jsonl / checkpoint/):
+    # name the mix-up here rather than let the model loader fail on a config without a model_type.
+    is_run = os.path.isfile(os.path.join(path, "metrics.jsonl")) or os.path.isdir(os.path.join(path, "checkpoint"))
+    need(not is_run, f"--model {cfg.model} is a training run's folder: to "
+         f"{'evaluate' if cfg.eval_only else 'start from'} its weights pass --model "
+         f"{os.path.join(cfg.model, 'checkpoint')}; to continue the run pass --resume {cfg.model}")
     need(os.path.isfile(os.path.join(path, "config.json")),
          f"--model {cfg.model}: no Hugging Face model folder there (config.json missing)")
+    check_device(cfg.device)
+
+
+def check_device(name: str):
+    """--device names a device this machine has: torch would otherwise fail at the first tensor
+    moved there, with a long traceback. (Under torchrun, cuda means cuda:LOCAL_RANK.)"""
+    try:
+        device = processes.pick_device(name)
+    except RuntimeError:  # torch.device's own parse error
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type != "cuda":
+        return
+    need(torch.cuda.is_available(), f"--device {name}: this machine has no CUDA device "
+         f"(torch.cuda.is_available() is False); use --device cpu")
+    count = torch.cuda.device_count()
+    need(device.index is None or device.index < count, f"--device {name}: {device} is beyond this machine's "
+         f"{count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
 
 
 @dataclasses.dataclass
@@ -601,46 +630,54 @@ class Run:  # everything a run needs, loaded and checked before the first step
 
 
 def prepare(cfg) -> Run:
-    """Check the settings against the machine, load data, model, optimizer and (on --resume) the
-    checkpoint, and take the run folder. Every error a user can cause happens here, before any
-    compute. Several processes: every rank loads the same; rank 0 alone takes the folder and
-    writes to it, under the name it chose; an error on any rank stops them all (agree_on_errors)."""
+    """Check the settings against the machine, take the run folder (its lock, first), load data,
+    model, optimizer and (on --resume) the checkpoint. Every error a user can cause happens here,
+    before any compute, and releases the lock. Several processes: every rank loads the same; rank
+    0 alone takes the folder and writes to it, under the name it chose; an error on any rank stops
+    them all (agree_on_errors)."""
     check_machine(cfg)
     device = processes.pick_device(cfg.device)
     rank = processes.world()[0]
     # rank 0's name (its pid) on every process
     run_dir = processes.broadcast_object(cfg.resume or cfg.run_dir or new_run_dir(cfg.algo, cfg.seed))
     cfg = dataclasses.replace(cfg, run_dir=run_dir)
-    lock, error = None, None
+    lock, created, error = None, False, None
     try:
-        ckpt = find_checkpoint(run_dir)
-        need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there")
-        need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
-        train_set, held_out = load_problems(cfg)
-        policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
-        context = policy.config.max_position_embeddings
-        train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
-        encode_held_out(held_out, tok, cfg, context)
-        policy.gradient_checkpointing = cfg.grad_checkpointing
-        # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
-        ref_policy = None
-        if cfg.kl_coef > 0:
-            with input_errors():
-                ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
-        if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
-            policy = processes.shard_model(policy)
-            ref_policy = ref_policy if ref_policy is None else processes.shard_model(ref_policy)
-        optimizer = make_optimizer(policy, cfg)
-        if rank == 0:
-            with input_errors():  # (e.g. a --run-dir where we may not write)
-                os.makedirs(run_dir, exist_ok=True)
-            lock = lock_run_dir(run_dir)
-            remove_stale_temporaries(run_dir)
-    except Exception as e:
-        error = e
-    try:
+        try:
+            # The folder first: a second run there, or a wrong --resume, is refused before
+            # minutes of loading a large model.
+            if rank == 0:
+                created = not os.path.isdir(run_dir)
+                with input_errors():  # (e.g. a --run-dir where we may not write)
+                    os.makedirs(run_dir, exist_ok=True)
+                lock = lock_run_dir(run_dir)
+                remove_stale_temporaries(run_dir)
+            ckpt = find_checkpoint(run_dir)
+            need(not cfg.resume or ckpt is not None, f"--resume {run_dir}: no checkpoint there (the run stopped "
+                 f"before its first one); start it again with --run-dir {run_dir} and the flags it was started with")
+            need(cfg.resume or ckpt is None, f"{run_dir} already holds a run: --resume {run_dir} continues it")
+        except Exception as e:
+            error = e
+        processes.agree_on_errors(error, UserError)  # (rank 0's refused folder stops every rank here)
+        try:
+            train_set, held_out = load_problems(cfg)
+            policy, tok = load_policy(ckpt or resolve_model_path(cfg.model), cfg, device)
+            context = policy.config.max_position_embeddings
+            train_ids = encode_prompts(train_set, tok, cfg, context, "--data " + cfg.data)
+            encode_held_out(held_out, tok, cfg, context)
+            policy.gradient_checkpointing = cfg.grad_checkpointing
+            # The KL reference is the STARTING model (also on resume), frozen; not loaded when kl_coef = 0.
+            ref_policy = None
+            if cfg.kl_coef > 0:
+                with input_errors():
+                    ref_policy = model.load(resolve_model_path(cfg.model), device=device)[0].requires_grad_(False)
+            if cfg.fsdp:  # each rank loaded the full weights; from here on it keeps 1/N of them
+                policy = processes.shard_model(policy)
+                ref_policy = ref_policy if ref_policy is None else processes.shard_model(ref_policy)
+            optimizer = make_optimizer(policy, cfg)
+        except Exception as e:
+            error = e
         processes.agree_on_errors(error, UserError)  # (before the checkpoint's collective reads)
-        error = None
         try:
             if ckpt:
                 state = load_trainer_state(ckpt, optimizer, policy)
@@ -665,6 +702,9 @@ def prepare(cfg) -> Run:
     except BaseException:
         if lock:
             os.remove(lock)
+            if created:  # a folder this start made goes too, when nothing was written there
+                with contextlib.suppress(OSError):
+                    os.rmdir(run_dir)
         raise
     return Run(cfg, policy, ref_policy, tok, optimizer, train_set, train_ids, held_out, state, lock)
 

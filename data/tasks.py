@@ -218,16 +218,18 @@ def load_problems(path, fmt="auto", prompt_key=None, answer_key=None):
 
     fmt: "gsm8k" | "math" | "olympiad" | "generic" | "auto" (generic when keys are given, else
     guessed from the first record's keys). Any bad line raises ValueError("path:line: why").
+    The messages name the flags that set these arguments (--data-format, --prompt-key,
+    --answer-key): a3po's users meet them there, not as Python arguments.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if fmt not in ("auto", "generic", *LOADERS):
-        raise ValueError(f"unknown format {fmt!r}: use auto, generic, {', '.join(LOADERS)}")
-    if prompt_key or answer_key:
+        raise ValueError(f"--data-format {fmt}: use auto, generic, {', '.join(LOADERS)}")
+    if prompt_key or answer_key or fmt == "generic":
         if fmt not in ("auto", "generic"):
-            raise ValueError(f"prompt_key/answer_key apply to the generic format, not {fmt!r}")
+            raise ValueError(f"--prompt-key / --answer-key apply to --data-format generic, not {fmt}")
         if not (prompt_key and answer_key):
-            raise ValueError("the generic format needs both prompt_key and answer_key")
+            raise ValueError("--data-format generic needs both --prompt-key and --answer-key")
         fmt = "generic"
     problems = []
     for lineno, record in read_jsonl(path):
@@ -236,7 +238,7 @@ def load_problems(path, fmt="auto", prompt_key=None, answer_key=None):
             if fmt is None:
                 raise ValueError(
                     f"{path}:{lineno}: cannot tell the format from keys {sorted(record)}; "
-                    "pass fmt= or prompt_key= and answer_key="
+                    f"pass --data-format {' / '.join(LOADERS)}, or --prompt-key KEY and --answer-key KEY"
                 )
         try:
             if fmt == "generic":

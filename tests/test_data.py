@@ -49,7 +49,8 @@ def test_generic_loader(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"q": "one?", "a": 1}, {"q": "two?", "a": "2"}])
     problems = load_problems(path, prompt_key="q", answer_key="a")
     assert problems == [Problem("one?", "1"), Problem("two?", "2")]
-    with pytest.raises(ValueError, match="cannot tell the format"):
+    with pytest.raises(ValueError, match="cannot tell the format .*; pass --data-format gsm8k / math / olympiad, "
+                                         "or --prompt-key KEY and --answer-key KEY"):
         load_problems(path)  # unknown keys and no keys given
 
 
@@ -124,10 +125,14 @@ def test_empty_gold_is_refused_with_file_and_line(tmp_path, record, fmt):
 
 def test_bad_arguments(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"q": "a", "a": "1"}])
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(ValueError, match="--data-format csv: use auto, generic"):
         load_problems(path, fmt="csv")
-    with pytest.raises(ValueError, match="both prompt_key and answer_key"):
+    with pytest.raises(ValueError, match="needs both --prompt-key and --answer-key"):
         load_problems(path, prompt_key="q")
+    with pytest.raises(ValueError, match="needs both --prompt-key and --answer-key"):
+        load_problems(path, fmt="generic")  # (not "missing key None")
+    with pytest.raises(ValueError, match="--prompt-key / --answer-key apply to --data-format generic, not gsm8k"):
+        load_problems(path, fmt="gsm8k", prompt_key="q", answer_key="a")
     with pytest.raises(FileNotFoundError):
         load_problems(str(tmp_path / "missing.jsonl"))
     with pytest.raises(ValueError, match="empty"):

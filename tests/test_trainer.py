@@ -439,9 +439,9 @@ def test_presets_and_flag_overrides():
     assert (cfg.model, cfg.max_new_tokens) == ("data/search_model", 96)
     cfg = a3po.parse_config(["--max-new-tokens", "50", "--data", "search", "--model", "m"])
     assert (cfg.model, cfg.max_new_tokens) == ("m", 50)
-    with pytest.raises(SystemExit):
+    with pytest.raises(a3po.UserError, match="--loss-agg: invalid choice: 'token-max'"):
         a3po.parse_config(["--loss-agg", "token-max"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(a3po.UserError, match="unknown flag --no-such-flag"):
         a3po.parse_config(["--no-such-flag"])
 
 
