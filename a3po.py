@@ -1084,10 +1084,10 @@ def run_training(run: runs.Run) -> dict:
             if step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
                 runs.save_checkpoint(cfg.run_dir, policy, run.tok, run.optimizer, state)
                 saved_at = step
+        runs.print_summary(run, time.time() - t_start)
     finally:
         restore_signals()
         runs.release(run)
-    runs.print_summary(run, time.time() - t_start)
     return dict(before=state["eval_before"], after=state["eval_last"], run_dir=cfg.run_dir, stopped=None)
 
 
@@ -1153,6 +1153,7 @@ def main(argv=None):
             print("\naborted (the last checkpoint, if any, is intact)")
             raise SystemExit(130)
     finally:
+        runs.stop_copying_console()
         processes.shutdown_distributed()
     if result["stopped"]:
         raise SystemExit(128 + result["stopped"])

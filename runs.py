@@ -17,6 +17,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -150,6 +152,58 @@ def record_changes(run_dir: str, settings: dict, step: int, free: tuple = ()):
         append_jsonl(os.path.join(run_dir, "changes.jsonl"), dict(from_step=step + 1, changed=changed))
 
 
+def git_commit() -> tuple[str | None, bool]:
+    """(the commit of the code that runs, whether it has uncommitted changes), or (None, False)
+    outside a git checkout."""
+    git = lambda *args: subprocess.run(["git", "-C", REPO_DIR, *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, False
+        return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def write_config(run_dir: str, cfg, step: int):
+    """config.json: the settings (what --resume reads back) and, under "started", when and with
+    what code each start of the run (the first, then every resume) began."""
+    path = os.path.join(run_dir, "config.json")
+    started = read_json(path, "run config").get("started", []) if step and os.path.exists(path) else []
+    commit, dirty = git_commit()
+    started.append(dict(date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), at_step=step, git_commit=commit, git_dirty=dirty,
+                        torch=torch.__version__, python=sys.version.split()[0], argv=sys.argv[1:]))
+    write_atomic(path, json.dumps(dict(dataclasses.asdict(cfg), started=started), indent=2))
+
+
+class ConsoleCopy:  # stdout that also appends to the run folder's console.log
+    def __init__(self, stream, path: str):
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding, fileno: the console's
+        return getattr(self.stream, name)
+
+
+def copy_console(run_dir: str):
+    """From here on, what the run prints also goes to run_dir/console.log (appended on resume)."""
+    stop_copying_console()
+    sys.stdout = ConsoleCopy(sys.stdout, os.path.join(run_dir, "console.log"))
+
+
+def stop_copying_console():
+    if isinstance(sys.stdout, ConsoleCopy):
+        sys.stdout.file.close()
+        sys.stdout = sys.stdout.stream
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
@@ -201,10 +255,23 @@ def save_checkpoint(run_dir: str, policy, tok, optimizer, state: dict):
         if os.path.exists(final):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
+        readable_by_all(tmp)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     if N > 1:
         torch.distributed.barrier()  # no rank stops (or reads it on resume) before it is whole
+
+
+def readable_by_all(folder: str):
+    """Files as the umask makes them (0644 under the usual 022), like the rest of the run folder:
+    safetensors writes 0600, which others on a shared cluster could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
 
 
 def remove_stale_temporaries(run_dir: str):
@@ -398,6 +465,7 @@ def write_eval_results(cfg, held_out: list, results: dict, seconds: float):
     mean = f" (mean of {len(evals)} held-out sets)" if len(evals) > 1 else ""
     print(f"results in {os.path.join(cfg.run_dir, 'results.json')}")
     print(f"pass@1: {100 * mean_pass1(evals):.1f}%{mean}", flush=True)
+    stop_copying_console()
     return summary
 
 
@@ -423,6 +491,7 @@ def resumed_config(config_cls, given: dict):
     need("model_type" not in saved, f"--resume {resume} is a model folder, not a training run's: to train "
          f"from it pass --model {resume}")
     saved.pop("override", None)  # said for one resume, not for the next
+    saved.pop("started", None)   # when and with what the run was started (write_config)
     for name in ("pos_tail", "neg_tail"):  # runs saved before the tails were named by intent
         if saved.get(name) in ("low", "high"):
             low_is_uncertain = saved.get("token_criterion", "prob") == "prob"
@@ -695,7 +764,8 @@ def prepare(cfg) -> Run:
                 torch.manual_seed(cfg.seed)
                 state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
             if rank == 0:
-                write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+                write_config(run_dir, cfg, state["step"])
+                copy_console(run_dir)
         except Exception as e:
             error = e
         processes.agree_on_errors(error, UserError)
@@ -729,11 +799,13 @@ def prepare_eval(cfg):
     if processes.world()[0] == 0:
         with input_errors():
             os.makedirs(run_dir, exist_ok=True)
-        write_atomic(os.path.join(run_dir, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        write_config(run_dir, cfg, 0)
+        copy_console(run_dir)
     return cfg, policy, tok, held_out
 
 
 def release(run):
-    """The end of a run on this process: its lock file goes."""
+    """The end of a run on this process: its lock file goes, the console is no longer copied."""
     if run.lock and os.path.exists(run.lock):
         os.remove(run.lock)
+    stop_copying_console()

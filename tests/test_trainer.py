@@ -625,3 +625,27 @@ def test_eta_counts_evaluations_and_long_blocks_show_progress(capsys):
     with runs.ticker("quick", every=5.0):
         pass
     assert capsys.readouterr().out == ""
+
+
+def test_run_folder_keeps_the_console_the_code_version_and_readable_checkpoints(tiny, tmp_path, capsys):
+    """console.log holds what the run printed (appended on resume); config.json says when each
+    start began, with which commit and torch; checkpoint files are 0644 under umask 022."""
+    run, umask = tmp_path / "run", os.umask(0o022)
+    try:
+        a3po.train(a3po.parse_config(tiny_args(tiny, run, "--steps", "1")))
+        a3po.train(a3po.parse_config(["--resume", str(run), "--override", "--steps", "2"]))
+    finally:
+        os.umask(umask)
+    printed = capsys.readouterr().out
+    log = (run / "console.log").read_text()
+    assert "step    1/1" in log and "step    2/2" in log and log.strip().splitlines()[-1].startswith("pass@1: ")
+    assert log.strip() in printed
+    with open(run / "config.json") as f:
+        started = json.load(f)["started"]
+    assert [s["at_step"] for s in started] == [0, 1] and all(s["torch"] == torch.__version__ for s in started)
+    head = subprocess.run(["git", "-C", a3po.__file__.rsplit("/", 1)[0], "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    assert started[0]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert a3po.parse_config(["--resume", str(run)]).steps == 2  # config.json still reads back as the settings
+    for path in (run / "checkpoint").rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
