@@ -162,6 +162,10 @@ class Config:
                      ("auto", "float32", "bfloat16"))
     threads: int = arg(0, "trainer", "CPU threads for torch (0 = torch's default); 1 is faster for tiny models "
                        "on a busy machine")
+    wandb: str | None = arg(None, "trainer", "also log the metrics to this Weights & Biases project (pip install "
+                            "wandb; WANDB_MODE=offline keeps them on this machine)")
+    tensorboard: bool = arg(False, "trainer", "also write TensorBoard event files to <run-dir>/tensorboard (pip install "
+                            "tensorboard)")
     # --- trainer: several processes (torchrun --nproc-per-node N a3po.py ...)
     fsdp: bool = arg(False, "trainer", "under torchrun: shard parameters, gradients and AdamW state over the "
                      "processes (FSDP2) instead of a full copy on each (data parallel)")
@@ -705,11 +709,9 @@ def sample_batch(policy, tok, cfg: Config, train_set, train_ids, data_pos: int, 
 
     Dynamic sampling (DAPO, method 1): a group whose answers are all right or all wrong
     teaches nothing, so with --dynamic-sampling keep sampling rounds of --prompts-per-step
-    prompts until that many groups are mixed, at most --max-sample-tries rounds. If the cap is
-    hit, unmixed groups fill the batch (as without dynamic sampling); info counts the mixed
-    groups kept and the rounds.
-    Several processes: each samples and scores its share of a round's groups, then all gather
-    the round, so every process holds the same rollouts and decides the same without talking.
+    prompts until that many groups are mixed, at most --max-sample-tries rounds; past the cap,
+    unmixed groups fill the batch. Several processes: each samples its share of a round's
+    groups, then all gather the round, so every process holds the same rollouts and decides alike.
     """
     policy.eval()
     P, G = cfg.prompts_per_step, cfg.group_size
@@ -843,15 +845,10 @@ def ppo_update(policy, optimizer, batch: Batch, old_logp, token_adv, loss_mask, 
     batch's token / sequence counts, so the summed micro-batch gradients equal the full batch's.
     A pass whose loss or gradient norm is not finite is skipped (no optimizer step).
     old_logp None (pi_old_from_update, one epoch): pi_old is this forward's own log-probs, detached.
-
-    Returns (one dict per epoch, tokens processed, the entropies [B, T] of the forward when it was
-    pi_old, else None). An epoch's numbers describe the whole batch
-    under the weights of that pass: token-weighted means of the micro-batches' means, the max of
-    their maxima for ratio_max, the full-batch loss, the gradient norm before clipping, skipped.
-    Several processes: each runs the micro-batches of its rows with the WHOLE batch's counts,
-    so its loss is its share of the one-process loss; the gradients are summed over the ranks
-    before clipping (one flat all-reduce, or FSDP's reduce-scatter), and so are the numbers
-    logged, so every rank takes the same step or skips it.
+    Returns (one dict per epoch: the whole batch's token-weighted means, max ratio, loss, gradient
+    norm before clipping, skipped; tokens processed; the forward's entropies [B, T] when it was
+    pi_old, else None). Several processes: each runs its rows with the WHOLE batch's counts, and
+    the gradients and logged numbers are summed over them, so all take the same step or skip it.
     """
     policy.train()
     mine = my_share(batch.mask.shape[0])
@@ -966,9 +963,8 @@ def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> di
     reward's strict reading: lenient_acc scores the same samples with the verifier's fallback
     (a last number counts without \\boxed{}), so a gain that is only the format shows as a gap;
     boxed and truncated are the shares of samples that box an answer / hit the token budget.
-    samples: a list that gets every sampled response (problem-major, as drawn): its problem and
-    sample index, text, length, reward and whether it was truncated.
-    Several processes: each evaluates its share of the problems and the counts are gathered."""
+    samples: gets every sampled response (problem-major): problem, sample, text, length, reward,
+    truncated. Several processes: each evaluates its share of the problems; counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
     T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
@@ -1074,7 +1070,7 @@ def run_training(run: runs.Run) -> dict:
                                         run.train_ids, state)
             state["step"] = step
             state["nonfinite_skipped"] += m["nonfinite_skipped"]
-            runs.log_step(cfg.run_dir, m, samples)
+            runs.log_step(run, m, samples)
             seconds["step"].append(m["time_step"])
             evals_left = sum(map(eval_due, range(step, cfg.steps + 1)))
             print(runs.progress_line(m, cfg, runs.eta(seconds, cfg.steps - step, evals_left)), flush=True)

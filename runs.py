@@ -24,6 +24,7 @@ import time
 
 import torch
 
+import loggers
 import model
 import processes
 from cli import UserError, flag, need, show
@@ -347,7 +348,8 @@ def print_eval_header(cfg, held_out: list):
     top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
     L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
     for h in held_out:
-        print(f"held-out {h.name}: {len(h.problems)} of {h.total} problems, {max(cfg.eval_k)} samples at "
+        k = max(cfg.eval_k)
+        print(f"held-out {h.name}: {len(h.problems)} of {h.total} problems, {k} sample{'s' * (k > 1)} at "
               f"temperature {T}{f' (top-p {top_p})' if top_p < 1 else ''}, up to {L} tokens", flush=True)
 
 
@@ -388,12 +390,14 @@ def ticker(label: str, every: float = 30.0):
         thread.join()
 
 
-def log_step(run_dir: str, metrics: dict, samples: list[dict]):
-    """A step's line in metrics.jsonl and its samples in samples.jsonl (by the process that writes files)."""
+def log_step(run, metrics: dict, samples: list[dict]):
+    """A step's line in metrics.jsonl (and the dashboards) and its samples in samples.jsonl, by
+    the process that writes files."""
     if processes.world()[0] == 0:
-        append_jsonl(os.path.join(run_dir, "metrics.jsonl"), metrics)
+        append_jsonl(os.path.join(run.cfg.run_dir, "metrics.jsonl"), metrics)
+        run.dashboards.log(metrics)
         for s in samples:
-            append_jsonl(os.path.join(run_dir, "samples.jsonl"), s)
+            append_jsonl(os.path.join(run.cfg.run_dir, "samples.jsonl"), s)
 
 
 def eval_line(step: int | None, name: str, ev: dict, seconds: float) -> str:
@@ -409,8 +413,9 @@ def log_eval(run, step: int, results: dict):
     for h in run.held_out:
         ev, sampled, seconds = results[h.name]
         if processes.world()[0] == 0:
-            append_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"),
-                         dict(step=step, split="eval", benchmark=h.name, **ev, time_eval=seconds))
+            record = dict(step=step, split="eval", benchmark=h.name, **ev, time_eval=seconds)
+            append_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"), record)
+            run.dashboards.log(record)
             for x in sampled:
                 if x["sample"] == 0 and x["problem"] < cfg.log_samples:
                     p = h.problems[x["problem"]]
@@ -472,7 +477,7 @@ def write_eval_results(cfg, held_out: list, results: dict, seconds: float):
 # ----------------------------------------------------------------------------- before the first step
 
 # How a run is executed, not what it computes: free to differ on --resume.
-RUNTIME_FIELDS = ("resume", "override", "threads", "device", "dist_timeout")
+RUNTIME_FIELDS = ("resume", "override", "threads", "device", "dist_timeout", "wandb", "tensorboard")
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -555,6 +560,10 @@ def check_machine(cfg):
          f"--data {cfg.data}: no such file (or 'synthetic', 'search')")
     for path in cfg.eval_data or ():
         need(os.path.isfile(path), f"--eval-data {path}: no such file")
+    if cfg.wandb:  # a missing package stops the run before anything loads
+        loggers.need_package("wandb", "--wandb")
+    if cfg.tensorboard:
+        loggers.need_package("tensorboard", "--tensorboard")
     path = resolve_model_path(cfg.model)
     # A run folder has a config.json too (a3po's settings, next to metrics.jsonl / checkpoint/):
     # name the mix-up here rather than let the model loader fail on a config without a model_type.
@@ -696,6 +705,7 @@ class Run:  # everything a run needs, loaded and checked before the first step
     held_out: list          # [HeldOut], prompt ids encoded
     state: dict             # step, data_pos, nonfinite_skipped, eval_before, eval_last
     lock: str | None        # rank 0's lock file (None on the other ranks)
+    dashboards: loggers.Loggers  # --wandb / --tensorboard (rank 0), or one that does nothing
 
 
 def prepare(cfg) -> Run:
@@ -765,6 +775,8 @@ def prepare(cfg) -> Run:
                 state = dict(step=0, data_pos=0, nonfinite_skipped=0, eval_before=None, eval_last=None)
             if rank == 0:
                 write_config(run_dir, cfg, state["step"])
+                dashboards = loggers.open_loggers(run_dir, dataclasses.asdict(cfg), cfg.wandb, cfg.tensorboard,
+                                                  state["step"])
                 copy_console(run_dir)
         except Exception as e:
             error = e
@@ -776,7 +788,8 @@ def prepare(cfg) -> Run:
                 with contextlib.suppress(OSError):
                     os.rmdir(run_dir)
         raise
-    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, train_ids, held_out, state, lock)
+    return Run(cfg, policy, ref_policy, tok, optimizer, train_set, train_ids, held_out, state, lock,
+               dashboards if rank == 0 else loggers.Loggers())
 
 
 def load_for_eval(cfg):
@@ -806,6 +819,7 @@ def prepare_eval(cfg):
 
 def release(run):
     """The end of a run on this process: its lock file goes, the console is no longer copied."""
+    run.dashboards.close()
     if run.lock and os.path.exists(run.lock):
         os.remove(run.lock)
     stop_copying_console()

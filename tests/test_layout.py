@@ -9,8 +9,9 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-A3PO_BUDGET = 1165  # lines
-HELPERS = ("processes.py", "runs.py", "logprobs.py", "cli.py", "model.py", "verifier.py", "verifier_forms.py")
+A3PO_BUDGET = 1160  # lines
+HELPERS = ("processes.py", "runs.py", "logprobs.py", "cli.py", "loggers.py", "model.py", "verifier.py",
+           "verifier_forms.py")
 
 
 def imports(path: str) -> set[str]:

@@ -649,3 +649,22 @@ def test_run_folder_keeps_the_console_the_code_version_and_readable_checkpoints(
     assert a3po.parse_config(["--resume", str(run)]).steps == 2  # config.json still reads back as the settings
     for path in (run / "checkpoint").rglob("*"):
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
+
+
+def test_training_evaluates_every_held_out_file_whole_under_its_name(tiny, tmp_path, capsys):
+    """Two --eval-data files during training: each evaluated whole (no --eval-size), logged under
+    its name at every evaluation, and in the before/after table."""
+    lines = (tiny / "eval.jsonl").read_text().splitlines()
+    (tmp_path / "math500_test.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    args = tiny_args(tiny, tmp_path / "run", "--steps", "2")
+    i = args.index("--eval-size")
+    del args[i:i + 2]
+    args[args.index("--eval-data") + 1:args.index("--eval-data") + 2] = [str(tiny / "eval.jsonl"),
+                                                                       str(tmp_path / "math500_test.jsonl")]
+    result = a3po.main(args)
+    evals = [(m["step"], m["benchmark"]) for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if m["split"] == "eval"]
+    assert evals == [(0, "eval"), (0, "math500"), (2, "eval"), (2, "math500")]
+    assert list(result["before"]) == list(result["after"]) == ["eval", "math500"]
+    out = capsys.readouterr().out
+    assert "held-out eval: 8 of 8 problems" in out and "held-out math500: 3 of 3 problems" in out
+    assert "  math500" in out and out.strip().splitlines()[-1].endswith("(mean of 2 held-out sets)")
