@@ -533,7 +533,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, token_adv: torch.Ten
 # ----------------------------------------------------------------------------- one step
 
 def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train_set, train_ids, state: dict):
-    """One RL step (step = 1 .. S): rollouts -> rewards -> pi_old -> advantages -> shaping -> PPO epochs.
+    """One RL step (step = 1 .. S): rollouts -> rewards -> advantages -> pi_old -> token shaping -> PPO epochs.
     Returns (metrics of method section 6, a few samples for samples.jsonl)."""
     device = policy.output_weight.device
     t0 = time.time()
@@ -549,8 +549,8 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
     alphas = boost_factors(step - 1, cfg)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    one_pass = pi_old_from_update(cfg)
-    if has_learning_signal(adv, loss_mask, cfg):
+    one_pass, learn = pi_old_from_update(cfg), has_learning_signal(adv, loss_mask, cfg)
+    if learn:
         # 3. pi_old: log-probs and entropies of the sampled tokens under the weights that sampled
         #    them; with one epoch and no reference model, the update's own forward (pi_old_from_update).
         old_logp, entropy, ref_logp = (None, None, None) if one_pass else old_logprobs(policy, ref_policy, batch, cfg)
@@ -580,7 +580,7 @@ def train_step(step: int, policy, ref_policy, optimizer, tok, cfg: Config, train
              gen_tokens_per_s=info["gen_tokens"] / max(info["time_generate"], 1e-9),
              train_tokens_per_s=train_tokens / max(t3 - t2, 1e-9),
              time_generate=info["time_generate"], time_reward=info["time_reward"],
-             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0, nothing_to_learn=train_tokens == 0)
+             time_old_logp=t2 - t1, time_update=t3 - t2, time_step=t3 - t0, nothing_to_learn=not learn)
     G = cfg.group_size
     samples = [dict(step=step, split="train", prompt=r.problem.prompt, gold=r.problem.answer, completion=r.text,
                     reward=r.reward, advantage=float(adv[i * G]))
