@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from test_trainer import read_jsonl
@@ -95,6 +96,11 @@ def test_run_states(tmp_path):
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "a3po.py"])
     try:
         (tmp_path / "stopped" / "lock").write_text(str(trainer.pid))  # an a3po.py process trains there
+        for _ in range(200):  # until the child has exec'd (before that its command line is pytest's)
+            with open(f"/proc/{trainer.pid}/cmdline", "rb") as f:
+                if b"a3po.py" in f.read():
+                    break
+            time.sleep(0.05)
         assert state("stopped") == ("running", 8)
     finally:
         trainer.kill()
