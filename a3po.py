@@ -160,8 +160,8 @@ class Config:
     device: str = arg("auto", "trainer", "cpu | cuda | cuda:N (auto = cuda when available)")
     dtype: str = arg("auto", "trainer", "compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)",
                      ("auto", "float32", "bfloat16"))
-    threads: int = arg(0, "trainer", "CPU threads for torch (0 = torch's default); 1 is faster for tiny models "
-                       "on a busy machine")
+    threads: int = arg(0, "trainer", "CPU threads for torch (0 = auto: on the CPU, 1 for a model under 10M "
+                       "parameters or where torch's default is 2 or fewer, else torch's default)")
     wandb: str | None = arg(None, "trainer", "also log the metrics to this Weights & Biases project (pip install "
                             "wandb; WANDB_MODE=offline keeps them on this machine)")
     tensorboard: bool = arg(False, "trainer", "also write TensorBoard event files to <run-dir>/tensorboard (pip install "
@@ -1131,8 +1131,8 @@ def main(argv=None):
     Under torchrun every process runs this; the process group lives from here to the end."""
     try:
         cfg = resolve_defaults(parse_config(argv))
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
+        if threads := runs.choose_threads(cfg):
+            torch.set_num_threads(threads)
         runs.check_machine(cfg)  # (before joining the process group: a bad batch split fails on every rank alike)
         processes.init_distributed(cfg.device, cfg.dist_timeout)
         loaded = runs.prepare_eval(cfg) if cfg.eval_only else runs.prepare(cfg)

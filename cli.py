@@ -153,7 +153,7 @@ def check_settings(cfg):
     need(0 < cfg.temperature <= 100,
          f"--temperature {cfg.temperature}: training needs (0, 100] (log-probs use hidden / T)")
     need(0 < cfg.top_p <= 1, f"--top-p {cfg.top_p} must be in (0, 1]")
-    need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = torch's default)")
+    need(cfg.threads >= 0, f"--threads {cfg.threads} must be >= 0 (0 = auto)")
     need(0 <= cfg.lr <= 1, f"--lr {cfg.lr} must be in [0, 1]")
     need(cfg.warmup_steps >= 0 and cfg.weight_decay >= 0, "--warmup-steps, --weight-decay must be >= 0")
     need(cfg.grad_clip >= 0, f"--grad-clip {cfg.grad_clip} must be >= 0 (0 = no clipping)")
