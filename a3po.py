@@ -160,8 +160,8 @@ class Config:
     device: str = arg("auto", "trainer", "cpu | cuda | cuda:N (auto = cuda when available)")
     dtype: str = arg("auto", "trainer", "compute dtype (auto: bf16 autocast on CUDA, fp32 on CPU)",
                      ("auto", "float32", "bfloat16"))
-    threads: int = arg(0, "trainer", "CPU threads for torch (0 = auto: on the CPU, 1 for a model under 10M "
-                       "parameters or where torch's default is 2 or fewer, else torch's default)")
+    threads: int = arg(0, "trainer", "CPU threads for torch (0 = auto: 1 on a CPU where torch's default is 2 "
+                       "or fewer, as 2 stall when another job runs; else torch's default)")
     wandb: str | None = arg(None, "trainer", "also log the metrics to this Weights & Biases project (pip install "
                             "wandb; WANDB_MODE=offline keeps them on this machine)")
     tensorboard: bool = arg(False, "trainer", "also write TensorBoard event files to <run-dir>/tensorboard (pip install "

@@ -827,27 +827,15 @@ def release(run):
 
 # ----------------------------------------------------------------------------- CPU threads
 
-SMALL_MODEL = 10_000_000  # parameters
-
-
 def choose_threads(cfg) -> int:
-    """torch's CPU thread count for the run, 0 to keep torch's default. --threads N wins. Else, on
-    the CPU, 1 for a model under SMALL_MODEL parameters (its ops are too small to share: a second
-    thread mostly waits) or where torch's default is 2 threads or fewer (a busy core stalls the
-    second thread): bench/threads.py measures it. Larger models on more cores and CUDA runs keep
-    torch's default (all cores, or OMP_NUM_THREADS: torchrun sets 1 per process)."""
-    from safetensors import safe_open
+    """torch's CPU thread count for the run, 0 to keep torch's default. --threads N wins. Else a
+    CPU run where torch's default is 2 threads or fewer takes 1: on the 2-core CPU two threads were
+    1.6-1.8x faster while nothing else ran, but 2x slower beside one busy process and 2.5-8x slower
+    as the machine was shared, for the tiny model and SmolLM2-135M alike (bench/threads.py); the
+    results are the same. More cores (not measured here) and CUDA runs keep torch's default: all
+    cores, or OMP_NUM_THREADS, which torchrun sets to 1 when it starts several processes."""
     if cfg.threads > 0:
         return cfg.threads
     if cfg.device != "cpu" and (cfg.device != "auto" or torch.cuda.is_available()):
         return 0  # a GPU run (a device name that is wrong is check_machine's to say)
-    if torch.get_num_threads() <= 2:
-        return 1
-    count = 0
-    try:  # the parameters from the weight files' headers: the model is not loaded yet
-        for file in model._weight_files(resolve_model_path(cfg.model)):
-            with safe_open(file, "pt") as f:
-                count += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    except Exception:  # no readable weights: the load says why
-        return 0
-    return 1 if count < SMALL_MODEL else 0
+    return 1 if torch.get_num_threads() <= 2 else 0

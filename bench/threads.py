@@ -15,7 +15,9 @@ runs) and "busy": --spinners processes spinning a Python busy loop (one core eac
 the bench before the run and stopped after it, standing in for other jobs on the machine.
 s / step: a run's mean time_step over its steps after the first (a warm-up); s / eval: its mean
 time_eval (the evaluations before and after training); run s: the process's wall time, loading
-included; each the median over repeats. Then whether every run's metrics.jsonl, all fields but
+included; each the median over repeats (range: min-max); 1-min load: the load average as each
+run ended (the bench's own run and spinners count). The header says what a3po.py's default
+(--threads 0) takes here. Then whether every run's metrics.jsonl, all fields but
 time_* and *tokens_per_s, is identical to the first run's (the result must not depend on the
 thread count), and if not, which fields differ and by how much.
 """
