@@ -957,19 +957,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @torch.no_grad()
 def evaluate(policy, tok, cfg: Config, problems, prompt_ids, samples=None) -> dict:
-    """Held-out accuracy: n = max(--eval-k) samples per problem at --eval-temperature (training's
-    when not given; so top-p and the token budget) (avg@n = mean correctness = pass@1, and
-    unbiased pass@k), plus greedy accuracy. Beside the
-    reward's strict reading: lenient_acc scores the same samples with the verifier's fallback
-    (a last number counts without \\boxed{}), so a gain that is only the format shows as a gap;
+    """Held-out accuracy: n = max(--eval-k) samples per problem at evaluation's temperature, top-p
+    and token budget (cli.eval_sampling) (avg@n = mean correctness = pass@1, and unbiased
+    pass@k), plus greedy accuracy. Beside the reward's strict reading: lenient_acc scores the
+    same samples with the verifier's fallback (a last number counts without \\boxed{}), so a
+    gain that is only the format shows as a gap;
     boxed and truncated are the shares of samples that box an answer / hit the token budget.
     samples: gets every sampled response (problem-major): problem, sample, text, length, reward,
     truncated. Several processes: each evaluates its share of the problems; counts are gathered."""
     policy.eval()
     n = max(cfg.eval_k)
-    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
-    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
-    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
+    T, top_p, L = cli.eval_sampling(cfg)
     mine = my_share(len(problems))
     per_problem, mine_sampled = [], []  # counts over each problem's samples; this rank's samples
     seqs = [prompt_ids[i] for i in mine for _ in range(n)]

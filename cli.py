@@ -115,6 +115,13 @@ def did_you_mean(word: str, parser: argparse.ArgumentParser) -> str:
     return f" (did you mean {close[0]}?)" if close else " (see --help)"
 
 
+def eval_sampling(cfg) -> tuple[float, float, int]:
+    """Evaluation's (temperature, top_p, max_new_tokens): the --eval-* value, or training's when not given."""
+    pick = lambda own, training: training if own is None else own
+    return (pick(cfg.eval_temperature, cfg.temperature), pick(cfg.eval_top_p, cfg.top_p),
+            pick(cfg.eval_max_new_tokens, cfg.max_new_tokens))
+
+
 def check_settings(cfg):
     """The settings' own values, checked once (Config.__post_init__ calls this), each error
     naming its flag. What they need of the machine (files, processes) is runs.check_machine.

@@ -27,7 +27,7 @@ import torch
 import loggers
 import model
 import processes
-from cli import UserError, flag, need, show
+from cli import UserError, eval_sampling, flag, need, show
 from data import tasks
 
 
@@ -344,9 +344,7 @@ def print_start(run):
 
 def print_eval_header(cfg, held_out: list):
     """What an evaluation measures: per held-out set, N of M problems, k samples at temperature T, up to L tokens."""
-    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
-    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
-    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
+    T, top_p, L = eval_sampling(cfg)
     for h in held_out:
         k = max(cfg.eval_k)
         print(f"held-out {h.name}: {len(h.problems)} of {h.total} problems, {k} sample{'s' * (k > 1)} at "
@@ -449,9 +447,7 @@ def print_summary(run, seconds: float):
 def write_eval_results(cfg, held_out: list, results: dict, seconds: float):
     """--eval-only's files in cfg.run_dir: results.json (the settings that matter and each set's
     numbers) and samples.jsonl (every sample). Console: one line per set, then `pass@1: X%`."""
-    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
-    top_p = cfg.top_p if cfg.eval_top_p is None else cfg.eval_top_p
-    L = cfg.max_new_tokens if cfg.eval_max_new_tokens is None else cfg.eval_max_new_tokens
+    T, top_p, L = eval_sampling(cfg)
     summary = dict(model=cfg.model, samples_per_problem=max(cfg.eval_k), temperature=T, top_p=top_p,
                    max_new_tokens=L, seed=cfg.seed, seconds=seconds, benchmarks={})
     for h in held_out:
