@@ -755,11 +755,11 @@ def response_logprobs(policy, batch: Batch, rows: slice, cfg: Config, with_entro
     mask = batch.mask[rows]
     lens = mask.sum(1)                                              # [b]
     T, L = int(lens.max()), int((batch.prompt_len[rows] + lens).max())
-    mask, targets, plen = mask[:, :T], batch.targets[rows, :T], batch.prompt_len[rows]
-    with autocast(cfg, batch.ids.device):
-        hidden = policy.hidden_states(batch.ids[rows, :L])           # [b, L, d]
+    mask, targets = mask[:, :T], batch.targets[rows, :T]
+    with autocast(cfg, batch.ids.device):  # (a group's shared prompt runs once: model.response_states)
+        hidden = policy.response_states(batch.ids[rows, :L], batch.prompt_len[rows], T)  # [b, T, d]
     b_idx, t_idx = mask.nonzero(as_tuple=True)                       # the N response tokens, row-major
-    h = hidden[b_idx, plen[b_idx] - 1 + t_idx]                       # [N, d]: the state that predicts each token
+    h = hidden[b_idx, t_idx]                                         # [N, d]: the state that predicts each token
     # Output layer in fp32, outside autocast: ratios pi_theta / pi_old are exp(differences of
     # log-probs close to 0), and bf16 logits (8 bits of mantissa) would drown them in rounding.
     # The sampler's own log-probs are not used as pi_old either: its kernels (KV cache, other

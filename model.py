@@ -197,10 +197,11 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, kv=None, start=0, mask=None):
+    def forward(self, x, cos, sin, kv=None, start=0, mask=None, past=None):
         # x [B, T, d]; kv: None (plain causal forward) or, for generate()'s prefill, this layer's
         # cache (k, v), each [B, Hkv, S, hd]: write slots start..start+T-1, attend to 0..start+T-1.
-        # mask: None or bool [B, 1, T, start+T] (True = may attend), for left-padded prompts.
+        # past: None or (k, v) [B, Hkv, P, hd] of tokens before x (response_states' shared prompt),
+        # attended to first. mask: None or bool [B, 1, T, keys] (True = may attend).
         # (generate()'s one-token decode steps run in _decode_step, not here.)
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd)
@@ -215,6 +216,8 @@ class Attention(nn.Module):
             k_cache[:, :, start:start + T] = k
             v_cache[:, :, start:start + T] = v
             k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]  # views, no copy
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         if mask is None:  # training forward, or prefill of equal-length prompts: plain causal
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
@@ -241,8 +244,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, kv=None, start=0, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, start, mask)
+    def forward(self, x, cos, sin, kv=None, start=0, mask=None, past=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, start, mask, past)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -281,14 +284,15 @@ class Transformer(nn.Module):
         sin = torch.cat([-freqs.sin(), freqs.sin()], -1).to(dtype)
         return cos.unsqueeze(2), sin.unsqueeze(2)
 
-    def _blocks(self, x, cos, sin, caches=None, start=0, mask=None):
-        # x [B, T, d] -> final-normed hidden [B, T, d]
-        ckpt = self.gradient_checkpointing and caches is None and torch.is_grad_enabled()
+    def _blocks(self, x, cos, sin, caches=None, start=0, mask=None, pasts=None):
+        # x [B, T, d] -> final-normed hidden [B, T, d]; caches / pasts: one (k, v) per layer or None
+        ckpt = self.gradient_checkpointing and caches is None and pasts is None and torch.is_grad_enabled()
         for i, block in enumerate(self.model.layers):
             if ckpt:  # recompute the block in backward instead of storing its activations
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin, None if caches is None else caches[i], start, mask)
+                x = block(x, cos, sin, None if caches is None else caches[i], start, mask,
+                          None if pasts is None else pasts[i])
         return self.model.norm(x)
 
     def hidden_states(self, input_ids):
@@ -296,6 +300,51 @@ class Transformer(nn.Module):
         T = input_ids.shape[1]
         cos, sin = self.rope(torch.arange(T, device=input_ids.device)[None])
         return self._blocks(self.model.embed_tokens(input_ids), cos, sin)
+
+    def response_states(self, ids, prompt_len, T):
+        """The hidden states that predict each row's response tokens, for the trainer's log-probs.
+
+        ids [b, L]: prompt + response, right-padded; prompt_len [b]; T: response tokens wanted.
+        Returns [b, T, d]: row i, token t = the final-normed state at position prompt_len[i] - 1 + t
+        (clamped to L - 1: past a row's own response the values mean nothing).
+        Consecutive rows with the same prompt (a GRPO group) run that prompt once: its keys and
+        values are computed for one row and attended to by each row's response, which saves
+        (G - 1) / G of the prompt's forward and backward; the numbers are those of the full
+        forward up to float rounding, and the gradient reaches the prompt through every row.
+        """
+        b, L = ids.shape
+        cols = torch.arange(L, device=ids.device)
+        same = ((ids[1:] == ids[:-1]) | (cols >= prompt_len[1:, None])).all(1) & (prompt_len[1:] == prompt_len[:-1])
+        new_prompt = torch.cat([same.new_ones(1), ~same])                    # [b] row i starts a prompt
+        starts = new_prompt.nonzero()[:, 0].tolist()
+        if len(starts) == b or T == 0 or (self.gradient_checkpointing and torch.is_grad_enabled()):
+            pos = (prompt_len[:, None] - 1 + torch.arange(T, device=ids.device)).clamp(max=L - 1)  # [b, T]
+            cos, sin = self.rope(torch.arange(L, device=ids.device)[None])
+            hidden = self._blocks(self.model.embed_tokens(ids), cos, sin)                          # [b, L, d]
+            return hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+        owner = new_prompt.cumsum(0) - 1                                      # [b] row -> its prompt
+        # 1. Each distinct prompt once, right-padded to P slots (causal: a prompt never sees its padding).
+        P = int(prompt_len.max())
+        dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) \
+            else self.output_weight.dtype
+        a = self.model.layers[0].self_attn
+        shape = (len(starts), a.n_kv, P, a.hd)
+        caches = [(torch.empty(shape, dtype=dtype, device=ids.device), torch.empty(shape, dtype=dtype, device=ids.device))
+                  for _ in self.model.layers]
+        cos, sin = self.rope(torch.arange(P, device=ids.device)[None])
+        prompt_hidden = self._blocks(self.model.embed_tokens(ids[starts, :P]), cos, sin, caches, 0)  # [u, P, d]
+        first = prompt_hidden[owner, prompt_len - 1]                          # [b, d]: predicts response token 0
+        S = T - 1  # 2. Response tokens 0 .. T-2 of each row, attending to its prompt's slots, then causally
+        if S == 0:
+            return first[:, None]
+        pos = prompt_len[:, None] + torch.arange(S, device=ids.device)        # [b, S] positions
+        cos, sin = self.rope(pos)
+        prompt_slots = (torch.arange(P, device=ids.device) < prompt_len[:, None])[:, None, None, :]  # [b, 1, 1, P]
+        causal = torch.ones(S, S, dtype=torch.bool, device=ids.device).tril()
+        mask = torch.cat([prompt_slots.expand(b, 1, S, P), causal.expand(b, 1, S, S)], -1)  # [b, 1, S, P + S]
+        x = self.model.embed_tokens(ids.gather(1, pos.clamp(max=L - 1)))  # [b, S, d]
+        pasts = [(k[owner], v[owner]) for k, v in caches]                     # [b, Hkv, P, hd] each
+        return torch.cat([first[:, None], self._blocks(x, cos, sin, mask=mask, pasts=pasts)], 1)
 
     def forward(self, input_ids):
         """input_ids [B, T] -> logits [B, T, V] in the model dtype."""

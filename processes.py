@@ -133,8 +133,8 @@ def is_fsdp(policy) -> bool:
 
 def shard_model(net):
     """--fsdp: FSDP2 on every block and the root, so parameters, gradients and AdamW state are
-    split over the ranks. a3po calls `hidden_states`, not forward, so it is registered as a
-    forward method (its hooks gather and free the weights). Gradients are SUMMED over the
+    split over the ranks. a3po calls `response_states`, not forward, so it is registered as a
+    forward method (and `hidden_states`) (its hooks gather and free the weights). Gradients are SUMMED over the
     ranks (divide factor 1, sum-only reductions): each rank's loss is already its share of the
     whole batch's, as in `ppo_update`'s data-parallel path."""
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
@@ -144,6 +144,7 @@ def shard_model(net):
     # the trainer reads `output_weight` right after `hidden_states` returns.
     fully_shard(net, reshard_after_forward=False)
     register_fsdp_forward_method(net, "hidden_states")
+    register_fsdp_forward_method(net, "response_states")
     for m in net.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)

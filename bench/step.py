@@ -9,7 +9,8 @@ temporary git worktree) and this working tree, alternately (before, after, befor
 one process and --threads threads each, never at once), for --steps steps, and reads each run's
 metrics.jsonl: seconds of generation, of the separate pi_old pass and of the update per step,
 the step's whole time, generated tokens per second and trained (prompt + response) tokens per
-second. The first step of a run is a warm-up and not counted; each cell is the median over
+second. The first step of a run is a warm-up and not counted, nor is a step with nothing to
+learn (every group's answers agree: this tree skips its passes); each cell is the median over
 pairs of a run's mean over the other steps. The evaluation before and after training is cut to
 one problem and sampled once (outside the steps). "same rollouts" says whether both trees drew
 identical responses (a step's mean length, accuracy and rollout count equal), in the first step
@@ -71,14 +72,25 @@ def run(tree: str, model: str, args) -> dict:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
         with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
             steps = [m for m in map(json.loads, f) if m["split"] == "train"]
-    timed = steps[1:]
-    out = {k: statistics.mean(m[k] for m in timed) for k in COLUMNS}
-    out["drawn"] = [(m["length_drawn"], m["accuracy_drawn"], m["rollouts_drawn"]) for m in steps]
-    out["load"] = os.getloadavg()[0]
-    return out
+    return dict(steps=steps, drawn=[(m["length_drawn"], m["accuracy_drawn"], m["rollouts_drawn"]) for m in steps],
+                load=os.getloadavg()[0])
 
 
-def table(model: str, before: list[dict], after: list[dict]):
+def timed_means(before: dict, after: dict) -> tuple[dict, dict, int]:
+    """A pair's per-step means of COLUMNS over the steps after the first in which the after tree
+    learned: a step whose groups all agree has nothing to learn and the after tree skips its
+    passes (the before tree may not), so counting it would time that skip, not the step. Both
+    trees drew the same rollouts, so they are the same steps. Returns (before, after, left out)."""
+    keep = [i for i, m in enumerate(after["steps"]) if i > 0 and not m.get("nothing_to_learn", False)]
+    means = lambda run: {k: statistics.mean(run["steps"][i][k] for i in keep) if keep else float("nan")
+                         for k in COLUMNS}
+    return means(before), means(after), len(after["steps"]) - 1 - len(keep)
+
+
+def table(model: str, before_runs: list[dict], after_runs: list[dict]):
+    pairs = [timed_means(b, a) for b, a in zip(before_runs, after_runs)]
+    before, after = [p[0] for p in pairs], [p[1] for p in pairs]
+    left_out = sum(p[2] for p in pairs)
     med = lambda runs, k: statistics.median(r[k] for r in runs)
     print(f"\n### {model}: seconds per step (median of {len(before)} runs' means), tokens per second\n")
     print("| | generate s | pi_old s | update s | step s | generated tok/s | trained tok/s |")
@@ -87,12 +99,14 @@ def table(model: str, before: list[dict], after: list[dict]):
         print(f"| {name} | " + " | ".join(f"{med(runs, k):.2f}" if k.startswith("time") else f"{med(runs, k):.0f}"
                                         for k in COLUMNS) + " |")
     speedup = med(before, "time_step") / med(after, "time_step")
-    first = all(b["drawn"][0] == a["drawn"][0] for b, a in zip(before, after))
-    every = all(b["drawn"] == a["drawn"] for b, a in zip(before, after))
-    loads = [r["load"] for r in before + after]
+    first = all(b["drawn"][0] == a["drawn"][0] for b, a in zip(before_runs, after_runs))
+    every = all(b["drawn"] == a["drawn"] for b, a in zip(before_runs, after_runs))
+    loads = [r["load"] for r in before_runs + after_runs]
     print(f"\nstep {speedup:.2f}x faster; same rollouts in the first step: {'yes' if first else 'NO'}, in every "
           f"step: {'yes' if every else 'no (later steps follow updates that differ by float rounding)'}; "
-          f"1-min load average at the end of the runs {min(loads):.1f}-{max(loads):.1f}")
+          f"1-min load average at the end of the runs {min(loads):.1f}-{max(loads):.1f}; "
+          f"{left_out} of {sum(len(a['steps']) - 1 for a in after_runs)} timed steps had nothing to learn and are "
+          f"left out")
 
 
 def main():

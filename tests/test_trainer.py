@@ -255,6 +255,47 @@ def test_micro_batch_accumulation_equals_full_batch(tiny):
         assert s16["approx_kl"] == 0 and s16["ratio_mean"] == 1 and s16["ratio_max"] == 1  # pi_theta == pi_old
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3"])
+def test_a_groups_shared_prompt_runs_once_with_the_full_forwards_numbers(model_type):
+    """model.response_states, which every log-prob of the trainer comes from: a prompt shared by
+    consecutive rows (groups of 3, 1 and 2, of different prompt and response lengths) runs once,
+    and the states, and the gradients through them, are the plain causal forward's (float64)."""
+    torch.manual_seed(0)
+    net = model.Transformer(model.ModelConfig(model_type=model_type, attention_bias=model_type == "qwen2")).double()
+    gen = torch.Generator().manual_seed(1)
+    rows, plens = [], []
+    for P, G in ((5, 3), (7, 1), (4, 2)):
+        prompt = torch.randint(1, 500, (P,), generator=gen).tolist()
+        for _ in range(G):
+            rows.append(prompt + torch.randint(1, 500, (int(torch.randint(1, 9, (), generator=gen)),), generator=gen).tolist())
+            plens.append(P)
+    L = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (L - len(r)) for r in rows])                        # [6, L] right-padded
+    prompt_len = torch.tensor(plens)
+    lens = torch.tensor([len(r) - p for r, p in zip(rows, plens)])
+    T = int(lens.max())
+    real = torch.arange(T)[None] < lens[:, None]                                        # [6, T]
+
+    def reference():  # the plain forward, row by row: the state at position prompt_len - 1 + t
+        h = net.hidden_states(ids)
+        return torch.stack([h[i, (plens[i] - 1 + torch.arange(T)).clamp(max=L - 1)] for i in range(len(rows))])
+
+    seen = []
+    hook = net.model.embed_tokens.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    shared = net.response_states(ids, prompt_len, T)
+    hook.remove()
+    assert seen == [(3, 7), (6, T - 1)]  # the 3 prompts once (padded to 7), then each row's response
+    ref = reference()
+    assert float((shared - ref).detach()[real].abs().max()) < 1e-12
+    weights = torch.randn(shared.shape, dtype=torch.float64, generator=gen)
+    g_shared = torch.autograd.grad((shared * weights)[real].sum(), list(net.parameters()))
+    g_ref = torch.autograd.grad((reference() * weights)[real].sum(), list(net.parameters()))
+    for a, b in zip(g_shared, g_ref):  # (RMSNorm runs in float32, as transformers does)
+        assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max()) + 1e-12
+    one = net.response_states(ids, prompt_len, 1)  # only the first response token: no second pass
+    assert torch.allclose(one.detach(), ref.detach()[:, :1], atol=1e-12)
+
+
 def test_pi_old_from_the_update_equals_a_separate_pass(tiny, tmp_path, monkeypatch):
     """One epoch, no reference model: the update whose own forward is pi_old takes the same step
     as a separate pi_old pass before it (weights, every logged number, the entropies), and the
