@@ -327,10 +327,9 @@ class Transformer(nn.Module):
         P = int(prompt_len.max())
         dtype = torch.get_autocast_dtype(ids.device.type) if torch.is_autocast_enabled(ids.device.type) \
             else self.output_weight.dtype
-        a = self.model.layers[0].self_attn
-        shape = (len(starts), a.n_kv, P, a.hd)
-        caches = [(torch.empty(shape, dtype=dtype, device=ids.device), torch.empty(shape, dtype=dtype, device=ids.device))
-                  for _ in self.model.layers]
+        attn = self.model.layers[0].self_attn
+        empty = lambda: torch.empty(len(starts), attn.n_kv, P, attn.hd, dtype=dtype, device=ids.device)
+        caches = [(empty(), empty()) for _ in self.model.layers]              # filled by the prompt pass
         cos, sin = self.rope(torch.arange(P, device=ids.device)[None])
         prompt_hidden = self._blocks(self.model.embed_tokens(ids[starts, :P]), cos, sin, caches, 0)  # [u, P, d]
         first = prompt_hidden[owner, prompt_len - 1]                          # [b, d]: predicts response token 0

@@ -108,7 +108,7 @@ def all_reduce_floats(values: list[float], op: str = "sum") -> list[float]:
 def all_reduce_grads(params: list[torch.Tensor]):
     """Sum the ranks' gradients with ONE all-reduce of a flat buffer (one call per tensor would
     pay the collective's fixed cost ~40 times a step). Data parallel only: under --fsdp the
-    reduce-scatter in backward sums them. Not DDP: a3po runs the model through `hidden_states`
+    reduce-scatter in backward sums them. Not DDP: a3po runs the model through `response_states`
     and `output_weight`, not `forward`, and DDP silently reduces only what forward produced."""
     if world()[1] == 1:
         return
@@ -133,15 +133,15 @@ def is_fsdp(policy) -> bool:
 
 def shard_model(net):
     """--fsdp: FSDP2 on every block and the root, so parameters, gradients and AdamW state are
-    split over the ranks. a3po calls `response_states`, not forward, so it is registered as a
-    forward method (and `hidden_states`) (its hooks gather and free the weights). Gradients are SUMMED over the
-    ranks (divide factor 1, sum-only reductions): each rank's loss is already its share of the
-    whole batch's, as in `ppo_update`'s data-parallel path."""
+    split over the ranks. a3po calls `response_states` (the set-up below `hidden_states`), not
+    forward, so both are registered as forward methods (their hooks gather and free the weights).
+    Gradients are SUMMED over the ranks (divide factor 1, sum-only reductions): each rank's loss
+    is already its share of the whole batch's, as in `ppo_update`'s data-parallel path."""
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
     for block in net.model.layers:
         fully_shard(block)
     # The root keeps its (embedding, final norm, output layer) weights gathered after forward:
-    # the trainer reads `output_weight` right after `hidden_states` returns.
+    # the trainer reads `output_weight` right after `response_states` returns.
     fully_shard(net, reshard_after_forward=False)
     register_fsdp_forward_method(net, "hidden_states")
     register_fsdp_forward_method(net, "response_states")
