@@ -319,6 +319,7 @@ class Transformer(nn.Module):
         starts = new_prompt.nonzero()[:, 0].tolist()
         if len(starts) == b or T == 0 or (self.gradient_checkpointing and torch.is_grad_enabled()):
             pos = (prompt_len[:, None] - 1 + torch.arange(T, device=ids.device)).clamp(max=L - 1)  # [b, T]
+            # (not self.hidden_states: under FSDP that is a registered forward method of its own)
             cos, sin = self.rope(torch.arange(L, device=ids.device)[None])
             hidden = self._blocks(self.model.embed_tokens(ids), cos, sin)                          # [b, L, d]
             return hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))

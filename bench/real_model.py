@@ -393,7 +393,7 @@ def run_study(args):
                                f"stopped: {state}" + (f" from step {step}" if state == "resumable" else ""))
                 print(f"== {name}: {outcome} after {seconds / 60:.1f} min", flush=True)
                 if not ok:
-                    with open(os.path.join(job["folder"], "redraw.log" if job["kind"] == "redraw" else "train.log")) as f:
+                    with open(job["log"].name) as f:
                         print("".join(f.readlines()[-15:]), flush=True)
                     if job["kind"] != "redraw":
                         failed.append(name)

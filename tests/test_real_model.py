@@ -3,7 +3,6 @@ rule (the polarity study's), the report on a partial study (fake run folders: no
 milliseconds), and the study end to end on the tiny test model, where every number of the
 report equals a recomputation from the runs' metrics.jsonl and samples.jsonl."""
 import datetime
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,21 +10,12 @@ import sys
 import time
 
 import pytest
+from test_polarity import import_bench, polarity
 from test_trainer import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def import_bench(name):
-    # Not via sys.path: bench/verifier.py would shadow verifier.py for the tests collected next.
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 real_model = import_bench("real_model")
-polarity = import_bench("polarity")
 STEPS = 16
 
 
