@@ -412,6 +412,9 @@ def _answer_in(text):
         k = low.rfind(sep)
         if k >= 0 and is_bare(t[k + len(sep):]):
             return t[k + len(sep):].strip()
+    last_digit = max(t.rfind(d) for d in '0123456789')
+    if last_digit >= 0 and _has_qualifier(t[last_digit + 1:]):
+        return None  # "The answer is 3 at most.", "... $4$ or more": a bound, not the answer
     spans = math_spans(t)
     if spans:
         return spans[-1][2].strip() or None
@@ -577,10 +580,22 @@ _RENAME = {'dfrac': '\\frac', 'tfrac': '\\frac', 'cfrac': '\\frac', 'dbinom': '\
 _SYMBOLS = {',': ' ', '!': '', ';': ' ', ':': ' ', ' ': ' ', '%': '%', '$': '', '#': ''}
 
 
+# Words that make what follows a number a hedge, a bound or a range, never a unit: read as a
+# unit and dropped, "3 \\text{ or 4}", "3 or more", "3 at most", "3 maybe" would each be 3.
+_QUALIFIERS = {'or', 'and', 'nor', 'either', 'not', 'no', 'more', 'less', 'fewer', 'least', 'most',
+               'maybe', 'perhaps', 'probably', 'possibly', 'likely', 'over', 'under', 'above', 'below',
+               'than', 'higher', 'lower', 'greater', 'smaller', 'larger', 'minimum', 'maximum',
+               'except', 'plus', 'minus', 'if', 'unless', 'to', 'between', 'guess', 'wrong'}
+
+
+def _has_qualifier(text):
+    return any(w in _QUALIFIERS for w in text.lower().replace('~', ' ').split())
+
+
 def _is_unit_text(t, spaced=False):
     """Does \\text{t} after a number look like a unit ("cm", " degrees", "~m/s^2")?"""
     core = t.strip(' ~')
-    if not core or core.lower() in ('or', 'and') or not all(
+    if not core or _has_qualifier(core) or not all(
             _is_letter(c) or c in ' ~/^-{}.' or c.isdigit() for c in core):
         return False
     run = best = 0
@@ -609,7 +624,7 @@ def _skip_unit(s, i, pairs):
         if s[k:k + 1] != '\\' or s[k + 1:j] not in _TEXT_CMDS or s[j:j + 1] != '{' or j not in pairs:
             return i
         unit = s[j + 1:pairs[j]].strip(' ~')
-        if not unit or not all(_is_letter(c) or c in ' ~' for c in unit):
+        if not unit or _has_qualifier(unit) or not all(_is_letter(c) or c in ' ~' for c in unit):
             return i
         i = pairs[j] + 1
 
@@ -736,8 +751,8 @@ def _is_unit_word(w):
     if exp and not is_digits(exp.strip('{}-')):
         return False
     parts = base.split('/')
-    return (all(p and all(_is_letter(c) for c in p) for p in parts)
-            and sum(len(p) for p in parts) >= 2 and not base.startswith('\\'))
+    return (all(p and all(_is_letter(c) for c in p) for p in parts) and sum(len(p) for p in parts) >= 2
+            and not base.startswith('\\') and base.lower() not in _QUALIFIERS)
 
 
 _CURRENCIES = {'usd', 'eur', 'gbp', 'rs', 'inr', 'rmb', 'cny', 'jpy', 'us$'}

@@ -359,6 +359,23 @@ def test_new_formats_keep_number_only_strict():
     assert V.is_equivalent('forty two', '42', number_only=True)
 
 
+def test_a_hedge_or_bound_after_a_number_is_not_a_unit():
+    # words after a number are dropped as a unit ("3 \\text{ cm}"), but never words that hedge,
+    # bound or add a second answer: each of these would otherwise be read as "3"
+    for response in ('\\boxed{3 \\text{ or 4}}', '\\boxed{3 \\textbf{ or 4}}', '\\boxed{3 \\text{ or more}}',
+                     '\\boxed{3 \\text{ or less}}', '\\boxed{3 \\text{ at most}}', '\\boxed{3 \\text{ maybe}}',
+                     '\\boxed{3 \\mathrm{~or~more}}', '\\boxed{3 \\text{ cm or more}}', '\\boxed{3 \\text{cm} \\text{ or more}}',
+                     '\\boxed{3 \\text{ apples or more}}', '\\boxed{3 \\text{ or higher}}', '\\boxed{3 \\text{ minimum}}',
+                     '\\boxed{3 maybe}', '\\boxed{3 at most}', 'The answer is 3 at most.', 'The answer is $3$ or more.',
+                     'Answer: 3 apples, maybe'):
+        assert V.score(response, '3') == 0.0, response
+        assert V.score(response, '3', number_only=True) == 0.0, response
+    for response in ('\\boxed{3 \\text{ cm}}', '\\boxed{3 \\text{ min}}', '\\boxed{3 \\text{ square units}}',
+                     '\\boxed{3 \\text{ miles per hour}}', '\\boxed{3\\text{ m}^2}', 'The answer is 3 apples.',
+                     'Final Answer: Tom finished the race 3 minutes later.'):
+        assert V.score(response, '3', number_only=True) == 1.0, response
+
+
 HOSTILE = [
     '10^10^10', '10^{10^{10}}', '2^{2^{2^{2^{2^{2}}}}}', '9!!!!', '1e999999999',
     '\\frac{' * 1000, '\\frac{1}{' * 1000 + '2' + '}' * 1000, '(' * 1000 + '1' + ')' * 1000,
