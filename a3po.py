@@ -217,12 +217,12 @@ def apply_preset(base: "str | Config", overrides: dict | None = None) -> Config:
 
 def reward(response: str, problem: tasks.Problem, fallback: bool = False) -> float:
     """The verifier's score of a response, 1.0 or 0.0; training and evaluation both use it.
-    A problem that asks to compute a number (problem.numeric: our tasks, GSM8K, or --answer-check
-    number) wants that number written out, so a response that boxes the question's own
-    arithmetic ("12+11+3") earns nothing: a reward a policy could earn by echoing the question
-    is the textbook reward hack. fallback=True also reads an answer without a box or a marker
-    (evaluation's lenient_acc)."""
-    return verifier.score(response, problem.answer, fallback=fallback, number_only=problem.numeric)
+    A reward a policy could earn by echoing the question is the textbook reward hack, so an
+    answer copied from the question's math (\\dbinom{31}{28} for "Compute $\\dbinom{31}{28}$.")
+    earns nothing, and a problem that asks to compute a number (problem.numeric: our tasks,
+    GSM8K, or --answer-check number) wants it written out, not its arithmetic ("12+11+3").
+    fallback=True also reads an answer without a box or a marker (evaluation's lenient_acc)."""
+    return verifier.score(response, problem.answer, fallback, problem.numeric, question=problem.prompt)
 
 
 def overlong_reward_penalty(lengths: torch.Tensor, max_len: int, cache: int, factor: float = 1.0) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """verifier.py: is a free-form math answer right? The reward of RL with verifiable rewards.
 
-    score(response, gold, fallback=False, number_only=False) -> 1.0 or 0.0; never raises
+    score(response, gold, fallback=False, number_only=False, question=None) -> 1.0 or 0.0; never raises
     extract_answer(response, fallback=False) -> the final answer in a response, or None
     gold_text(gold) -> the gold answer in a gold field (a GSM8K rationale, a solution)
     is_equivalent(pred, gold, number_only=False) -> are they the same answer?
@@ -28,11 +28,13 @@ score = extract -> normalise -> parse -> compare, in that order, each a section 
    interval, never the reverse; a gold "75%" also accepts 0.75.
 number_only=True (tasks that ask to compute a number): against a numeric gold, only a
 number written out counts, so restating the question's arithmetic ("12+11+3") earns 0.
+question= (the problem's text): an answer copied from its math earns 0 (restates).
 
 Every rule with its examples: docs/verifier.md. Standard library only; inputs are cut
 (50,000 characters of response, 1,000 of answer) and numbers bounded, so a call takes
 milliseconds whatever the input.
 """
+import functools
 import math
 from fractions import Fraction
 
@@ -48,9 +50,10 @@ from verifier_forms import (
 
 
 # ------------------------------------------------------------------------- public API
-def score(response, gold, fallback=False, number_only=False):
+def score(response, gold, fallback=False, number_only=False, question=None):
     """1.0 if the response's final answer matches gold, else 0.0. Never raises.
-    fallback=True: see extract_answer.
+    fallback=True: see extract_answer. question: the problem's text; an answer copied from it
+    earns nothing (see restates), whatever its value.
     number_only=True, for tasks that ask to compute a number (the reward of the synthetic
     task, the search task, GSM8K): against a gold that is a number, the answer must be a
     number written out (integer, decimal, fraction in lowest terms, mixed number; units,
@@ -62,9 +65,42 @@ def score(response, gold, fallback=False, number_only=False):
         gold = gold_text(gold)
         if answer is None or gold is None:
             return 0.0
+        if question is not None and restates(answer, gold, question):
+            return 0.0
         return 1.0 if is_equivalent(answer, gold, number_only) else 0.0
     except Exception:  # a reward function must not crash a training run
         return 0.0
+
+
+def restates(answer, gold, question):
+    """Is the answer an expression copied from the question instead of worked out? "Compute
+    $\\dbinom{31}{28}$." answered \\dbinom{31}{28}, "Simplify $\\sqrt{242}$." answered \\sqrt{242},
+    "Express $0.\\overline{7}$ as a common fraction." answered 0.\\overline{7}: each is equal to
+    the gold, and each would be a reward for restating the question. The answer as written
+    (spacing and LaTeX synonyms aside, nothing evaluated), or its last side after "=", is
+    compared with the question's math spans and their parts between "=" and ",". Never when
+    the gold as written is one of those parts (a question that lists the answer among options)."""
+    parts = _question_parts(as_text(question) or '')
+    written = [_as_written(answer), _as_written(answer.rsplit('=', 1)[-1])]
+    golds = [_as_written(gold), _as_written(gold.rsplit('=', 1)[-1])]
+    return any(w in parts for w in written) and not any(g in parts for g in golds)
+
+
+@functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
+def _question_parts(question):
+    parts = set()
+    for _, _, span in math_spans(question[-TAIL_CHARS:]):
+        parts.add(_as_written(span))
+        parts.update(_as_written(part) for part in span.replace(',', '=').split('='))
+    parts.discard('')
+    return frozenset(parts)
+
+
+def _as_written(s):
+    """s up to spacing, \\left / \\right, \\dfrac and the like, \\frac12 = \\frac{1}{2}, a
+    trailing period: how it is written, not what it is worth."""
+    s = squeeze_spaces(rewrite_commands(unicode_to_latex(sanitize(s)))).strip().strip('$').rstrip('.').strip()
+    return brace_fracs(s) if '\\frac' in s else s
 
 
 def extract_answer(response, fallback=False):

@@ -86,11 +86,16 @@ def test_gsm8k_rewards_the_number_and_math_keeps_equivalence(tmp_path):
 
     math_file = tmp_path / "math.jsonl"
     write_jsonl(math_file, [{"problem": "Rationalise 1/sqrt(3).", "answer": "\\frac{1}{\\sqrt{3}}"},
-                            {"problem": "What is 2+3?", "answer": "5"}])
-    surd, five = tasks.load_problems(str(math_file))
+                            {"problem": "What is 2+3?", "answer": "5"},
+                            {"problem": "Compute $\\dbinom{8}{4}$.", "answer": "70"}])
+    surd, five, binom = tasks.load_problems(str(math_file))
     assert not surd.numeric and not five.numeric
     assert a3po.reward("\\boxed{\\frac{\\sqrt{3}}{3}}", surd) == 1.0
     assert a3po.reward("\\boxed{\\frac{10}{2}}", five) == 1.0  # equivalence, as MATH graders do
+    # but never the question's own math handed back, in training or in evaluation's lenient read
+    assert verifier.score("\\boxed{\\dbinom{8}{4}}", binom.answer) == 1.0
+    assert a3po.reward("\\boxed{\\dbinom{8}{4}}", binom) == a3po.reward("$\\binom{8}{4}$", binom, fallback=True) == 0.0
+    assert a3po.reward("\\boxed{70}", binom) == 1.0
 
     # --answer-check overrides the task's own choice, for every problem of a run
     def loaded(check, data):

@@ -376,6 +376,33 @@ def test_a_hedge_or_bound_after_a_number_is_not_a_unit():
         assert V.score(response, '3', number_only=True) == 1.0, response
 
 
+def test_an_answer_copied_from_the_question_earns_nothing():
+    # (question, gold, copies of the question's math that equal the gold, worked-out answers)
+    cases = [
+        ('Compute $\\dbinom{31}{28}$.', '4495', ['\\dbinom{31}{28}', '\\binom{31}{28}', '\\dbinom {31} {28}.'], ['4495']),
+        ('What is the value of $513^2 - 487^2$?', '26000', ['513^2-487^2', 'x = 513^2 - 487^2'], ['26000', 'x = 26000']),
+        ('Simplify $\\sqrt{242}$.', '11\\sqrt2', ['\\sqrt{242}', '\\sqrt{ 242 }'], ['11\\sqrt{2}', '11 \\sqrt 2']),
+        ('Express $0.\\overline{7}$ as a common fraction.', '\\frac79', ['0.\\overline{7}'], ['\\frac{7}{9}', '\\dfrac79']),
+        ('Express $\\frac{3}{20}$ as a decimal.', '0.15', ['\\frac{3}{20}', '\\dfrac{3}{20}', '\\frac3{20}'], ['0.15', '.15']),
+        ('Factor $ab+5b+2a+10$.', '(a+5)(b+2)', ['ab+5b+2a+10', 'ab + 5b + 2a + 10'], ['(b+2)(a+5)']),
+        ('If $x = \\frac{3}{\\sqrt{27}}$, rationalise $x$.', '\\frac{\\sqrt{3}}{3}', ['\\frac{3}{\\sqrt{27}}'],
+         ['\\frac{\\sqrt3}{3}', '\\frac{1}{\\sqrt{3}}']),
+    ]
+    for question, gold, copies, worked in cases:
+        for answer in copies:
+            response = 'So \\boxed{%s}' % answer
+            assert V.score(response, gold) == 1.0, (answer, 'equals the gold')  # the verifier alone pays it
+            assert V.score(response, gold, question=question) == 0.0, answer
+            assert V.score(response, gold, fallback=True, question=question) == 0.0, answer
+        for answer in worked:
+            assert V.score('So \\boxed{%s}' % answer, gold, question=question) == 1.0, answer
+    # the gold among the question's options may be copied from there
+    assert V.score('\\boxed{\\frac{1}{2}}', '\\frac12', question='Which is larger, $\\frac{1}{2}$ or $\\frac13$?') == 1.0
+    assert V.score('\\boxed{5}', '5', question='Is $x = 5$ or $x = 6$ the root of $x - 5 = 0$?') == 1.0
+    # a question with no math, or none given, changes nothing
+    assert V.score('\\boxed{72}', '72', question='How many clips did she sell in all?') == 1.0
+
+
 HOSTILE = [
     '10^10^10', '10^{10^{10}}', '2^{2^{2^{2^{2^{2}}}}}', '9!!!!', '1e999999999',
     '\\frac{' * 1000, '\\frac{1}{' * 1000 + '2' + '}' * 1000, '(' * 1000 + '1' + ')' * 1000,
@@ -474,6 +501,11 @@ def test_dataset_golds_match_themselves_and_their_boxed_form():
             bad.append((name, lineno, gold, 'self'))
         if V.score('So the final answer is $\\boxed{%s}$.' % gold, gold) != 1.0:
             bad.append((name, lineno, gold, 'boxed'))
+        question = record.get('problem') or record.get('question')
+        if V.score('So the final answer is $\\boxed{%s}$.' % gold, gold, question=question) != 1.0:
+            bad.append((name, lineno, gold, 'refused as copied from its question'))
+        if name.startswith('math500') and V.score(record['solution'], gold, question=question) != 1.0:
+            bad.append((name, lineno, gold, 'its solution refused as copied from its question'))
         if name.startswith('math500') and V.extract_answer(record['solution']) != record['answer']:
             bad.append((name, lineno, record['answer'], 'extract'))
         if not name.startswith('gsm8k') and '$' not in gold:  # the fallback takes a bare gold
