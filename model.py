@@ -748,7 +748,7 @@ def _sample(logits, temperature, top_p, top_k, u):
     if temperature != 1.0:
         z = z / temperature
     m = z.amax(-1, keepdim=True)  # [B, 1]
-    e = torch.exp(z - m)  # [B, V] unnormalised probabilities
+    e = (z - m).exp_()  # [B, V] unnormalised probabilities (one [B, V] buffer, not two)
     tok = _inverse_cdf(e, top_p, top_k, u)  # [B, 1]
     logp = z.gather(-1, tok) - m - e.sum(-1, keepdim=True).log()  # full distribution, not the truncated one
     return tok[:, 0], logp[:, 0]
@@ -782,7 +782,9 @@ def _two_level_search(e, u):
     only over [B, V / CDF_BLOCK] block masses and one [B, CDF_BLOCK] block, never all of [B, V]."""
     B, V = e.shape
     nb = -(-V // CDF_BLOCK)
-    blocks = F.pad(e, (0, nb * CDF_BLOCK - V)).view(B, nb, CDF_BLOCK)       # [B, nb, K], zero-padded
+    if V % CDF_BLOCK:
+        e = F.pad(e, (0, nb * CDF_BLOCK - V))                               # zeros: no mass
+    blocks = e.view(B, nb, CDF_BLOCK)                                       # [B, nb, K]
     mass = blocks.sum(-1).double()                                          # [B, nb]
     cum = mass.cumsum(-1)                                                   # [B, nb]
     target = u * cum[:, -1:]                                                # [B, 1]

@@ -257,19 +257,19 @@ def test_two_level_inverse_cdf_equals_the_full_running_sum():
     vocabulary picks, including tail tokens (p ~ 1e-12 next to p ~ 1) and zero-mass (masked)
     tokens, which are never picked."""
     g = torch.Generator().manual_seed(0)
-    B, V = 64, 1000  # 4 blocks, the last one partial
-    e = torch.exp(torch.randn(B, V, generator=g) * 8).float()  # weights over many orders of magnitude
-    e[:, 100:300] = 0.0  # a whole zero block and parts of two others
-    e[:, V - 1] = 0.0
-    for trial in range(20):
-        u = torch.rand(B, 1, generator=g, dtype=torch.float64)
-        if trial == 0:
-            u[:, 0] = 0.0
-        c = e.double().cumsum(-1)
-        want = torch.searchsorted(c, u * c[:, -1:], right=True).clamp(max=V - 1)
-        got = M._two_level_search(e, u)
-        assert torch.equal(got, want), trial
-        assert bool((e.gather(-1, got) > 0).all())
+    for B, V in ((64, 1000), (8, 1024)):  # 4 blocks, the last one partial (padded); 4 whole blocks
+        e = torch.exp(torch.randn(B, V, generator=g) * 8).float()  # weights over many orders of magnitude
+        e[:, 100:600] = 0.0  # a whole zero block (256-511) and parts of two others
+        e[:, V - 1] = 0.0
+        for trial in range(20):
+            u = torch.rand(B, 1, generator=g, dtype=torch.float64)
+            if trial == 0:
+                u[:, 0] = 0.0
+            c = e.double().cumsum(-1)
+            want = torch.searchsorted(c, u * c[:, -1:], right=True).clamp(max=V - 1)
+            got = M._two_level_search(e, u)
+            assert torch.equal(got, want), (V, trial)
+            assert bool((e.gather(-1, got) > 0).all())
     # tail tokens (mass 1e-12 after 512 tokens of mass 1): a float32 running sum rounds their
     # increments away (they could never be drawn); here each is drawn where its interval is
     e = torch.ones(1, 600)
