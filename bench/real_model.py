@@ -514,9 +514,19 @@ def load_study(runs_dir, steps):
             train=sorted((m for m in metrics if m.get("split") == "train"), key=lambda m: m["step"]),
             evals=evals, before=evals[0] if evals else None, after=evals[-1] if finished else None,
             forms_before=forms_of(start_cache), forms_after=forms_of(os.path.join(run_dir, HELD_OUT)) if finished else None,
-            wall=read_lines(os.path.join(run_dir, WALL)),
+            wall=read_lines(os.path.join(run_dir, WALL)), starts=count_starts(os.path.join(run_dir, "train.log")),
             eval_samples=[s for s in read_lines(os.path.join(run_dir, "samples.jsonl")) if s.get("split") == "eval"])
     return {v: study[v] for v in VARIANTS if v in study}
+
+
+def count_starts(log):
+    """How many times this script started the run: start_job writes "$ command" first each time
+    (a start killed with the session that ran it never reaches end_job, so wall.jsonl misses it)."""
+    try:
+        with open(log, errors="replace") as f:
+            return sum(line.startswith("$ ") for line in f)
+    except OSError:
+        return 0
 
 
 def forms_of(cache):
@@ -679,7 +689,7 @@ def report(study, settings, out_png):
     say("## Wall time per run, and where it ran\n")
     say("Wall time: the a3po.py processes of the run (loading, steps, evaluations, checkpoints; summed over its "
         "starts when it was stopped and continued), then the held-out redraw. Trainer time: its steps and "
-        "evaluations from metrics.jsonl. Each run had one torch thread; 'runs at once' is how many of the study's "
+        "evaluations from metrics.jsonl (a lower bound of the wall time where a start went unrecorded). Each run had one torch thread; 'runs at once' is how many of the study's "
         "runs shared the machine (other work may have shared it too).\n")
     say("| run | state | steps | starts | wall time | trainer time | redraw | where |")
     say("|---|---|---|---|---|---|---|---|")
@@ -689,8 +699,12 @@ def report(study, settings, out_png):
             redraws = [w for w in r["wall"] if w["kind"] == "redraw"]
             trainer = sum(m["time_step"] for m in r["train"]) + sum(e.get("time_eval", 0) for e in r["evals"])
             places = sorted({f"{w['where']}, {w['jobs']} run(s) at once" for w in train})
-            say(f"| {v}-s{s} | {r['state']} | {len(r['train'])} | {len(train)} | "
-                f"{minutes(sum(w['seconds'] for w in train)) if train else '-'} | {minutes(trainer)} | "
+            lost = r["starts"] - len(train) - (r["state"] == "running")  # a running start has not ended yet
+            wall = minutes(sum(w["seconds"] for w in train)) if train else "-"
+            if lost > 0:
+                wall += f" + {lost} unrecorded start(s), killed with the session that ran them"
+            say(f"| {v}-s{s} | {r['state']} | {len(r['train'])} | {max(len(train), r['starts'])} | "
+                f"{wall} | {minutes(trainer)} | "
                 f"{minutes(sum(w['seconds'] for w in redraws)) if redraws else '-'} | "
                 f"{'; '.join(places) or '-'} |")
     say("")
