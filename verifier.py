@@ -28,7 +28,8 @@ score = extract -> normalise -> parse -> compare, in that order, each a section 
    interval, never the reverse; a gold "75%" also accepts 0.75.
 number_only=True (tasks that ask to compute a number): against a numeric gold, only a
 number written out counts, so restating the question's arithmetic ("12+11+3") earns 0.
-question= (the problem's text): an answer copied from its math earns 0 (restates).
+question= (the problem's text): an answer that restates its math equal to the gold, however
+dressed ("(\\sqrt{242})" for "Simplify $\\sqrt{242}$."), earns 0 (restates).
 
 Every rule with its examples: docs/verifier.md. Standard library only; inputs are cut
 (50,000 characters of response, 1,000 of answer) and numbers bounded, so a call takes
@@ -36,15 +37,17 @@ milliseconds whatever the input.
 """
 import functools
 import math
+import re
+from collections import Counter
 from fractions import Fraction
 
 from verifier_forms import (
     FALLBACK_CHARS, MAX_ANSWER_CHARS, TAIL_CHARS, Alt, Equation, Items, Leaf, Matrix, Named,
     Relation, Seq, Unsupported, after_marker, analyse, answer_tag, as_text, base_subscript,
     brace_fracs, brackets_commas, choice_letter, clock_time, close, decimal_comma,
-    drop_modulus, drop_thousands, has_percent, is_bare, is_digits, last_boxed, last_choice,
-    last_number, math_spans, mixed_numbers, number_word, plain_text_math, precision,
-    quantity, ratio, repeating_decimals, replace_word, rewrite_commands, rounding,
+    drop_modulus, drop_thousands, has_percent, is_bare, is_digits, is_name, last_boxed,
+    last_choice, last_number, math_spans, mixed_numbers, number_word, plain_text_math,
+    precision, quantity, ratio, repeating_decimals, replace_word, rewrite_commands, rounding,
     same_quantity, sanitize, scale_word, squeeze_spaces, stated, strip_chat,
     strip_plain_units, strip_wrappers, unicode_to_latex)
 
@@ -52,8 +55,8 @@ from verifier_forms import (
 # ------------------------------------------------------------------------- public API
 def score(response, gold, fallback=False, number_only=False, question=None):
     """1.0 if the response's final answer matches gold, else 0.0. Never raises.
-    fallback=True: see extract_answer. question: the problem's text; an answer copied from it
-    earns nothing (see restates), whatever its value.
+    fallback=True: see extract_answer. question: the problem's text; an answer that restates its
+    math instead of working it out earns nothing (see restates), whatever its value.
     number_only=True, for tasks that ask to compute a number (the reward of the synthetic
     task, the search task, GSM8K): against a gold that is a number, the answer must be a
     number written out (integer, decimal, fraction in lowest terms, mixed number; units,
@@ -65,42 +68,61 @@ def score(response, gold, fallback=False, number_only=False, question=None):
         gold = gold_text(gold)
         if answer is None or gold is None:
             return 0.0
-        if question is not None and restates(answer, gold, question):
+        if not is_equivalent(answer, gold, number_only):
             return 0.0
-        return 1.0 if is_equivalent(answer, gold, number_only) else 0.0
+        return 0.0 if question is not None and restates(answer, gold, question) else 1.0
     except Exception:  # a reward function must not crash a training run
         return 0.0
 
 
 def restates(answer, gold, question):
-    """Is the answer an expression copied from the question instead of worked out? "Compute
+    """Is the answer the question's own expression of the gold, not worked out? "Compute
     $\\dbinom{31}{28}$." answered \\dbinom{31}{28}, "Simplify $\\sqrt{242}$." answered \\sqrt{242},
-    "Express $0.\\overline{7}$ as a common fraction." answered 0.\\overline{7}: each is equal to
-    the gold, and each would be a reward for restating the question. The answer as written
-    (spacing and LaTeX synonyms aside, nothing evaluated), or its last side after "=", is
-    compared with the question's math spans and their parts between "=" and ",". Never when
-    the gold as written is one of those parts (a question that lists the answer among options)."""
-    parts = _question_parts(as_text(question) or '')
-    written = [_as_written(answer), _as_written(answer.rsplit('=', 1)[-1])]
-    golds = [_as_written(gold), _as_written(gold.rsplit('=', 1)[-1])]
-    return any(w in parts for w in written) and not any(g in parts for g in golds)
+    "Express $0.\\overline{7}$ as a common fraction." answered 0.\\overline{7}: each equals the
+    gold, and each would be a reward for restating the question. A piece of the question's math
+    (a math span, or a part of one between "=" and ",") that equals the gold is restated when
+    the answer still holds every number, letter and function that the piece has, in any
+    order and whatever else surrounds them: wrapping the copy
+    ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0") or reordering it
+    ("10+2a+5b+ab") hides nothing. An answer of several sides ("\\binom{31}{28} = 4495")
+    restates only when each side does, a side that only names the answer ("x") aside. Never
+    for a piece whose content the gold holds too (the answer among the question's options),
+    so the gold's own form always stands."""
+    needs = _pieces_equal_to_gold(as_text(question) or '', gold)
+    sides = [s for s in answer.split('=') if s.strip() and not is_name(s)]
+    return bool(needs and sides) and all(
+        any(not need - _content(side) for need in needs) for side in sides)
 
 
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
-def _question_parts(question):
-    parts = set()
+def _pieces_equal_to_gold(question, gold):
+    """The content (see _content) of each piece of the question's math that equals the gold,
+    has two tokens or more, and holds a token the gold lacks."""
+    golds = _content(gold)
+    pieces = set()
     for _, _, span in math_spans(question[-TAIL_CHARS:]):
-        parts.add(_as_written(span))
-        parts.update(_as_written(part) for part in span.replace(',', '=').split('='))
-    parts.discard('')
-    return frozenset(parts)
+        pieces.add(span)
+        pieces.update(span.replace(',', '=').split('='))
+    needs = []
+    for piece in pieces:
+        need = _content(piece)
+        if sum(need.values()) >= 2 and need - golds and is_equivalent(piece, gold):
+            needs.append(need)
+    return tuple(needs)
 
 
-def _as_written(s):
-    """s up to spacing, \\left / \\right, \\dfrac and the like, \\frac12 = \\frac{1}{2}, a
-    trailing period: how it is written, not what it is worth."""
-    s = squeeze_spaces(rewrite_commands(unicode_to_latex(sanitize(s)))).strip().strip('$').rstrip('.').strip()
-    return brace_fracs(s) if '\\frac' in s else s
+_TOKEN = re.compile(r'\\[A-Za-z]+|(?<=[_^])\d|\d*\.?\d+|[A-Za-z]')  # x^25 is x^{2}5, \log_264 is \log_{2}64
+_LAYOUT = frozenset(('\\left', '\\right', '\\frac', '\\cdot', '\\times', '\\div', '\\text',
+                     '\\mathrm', '\\mathbf', '\\textbf', '\\displaystyle', '\\quad', '\\qquad'))
+
+
+def _content(s):
+    """The numbers, letters and functions of s as written (LaTeX synonyms and \\frac12 =
+    \\frac{1}{2} aside), counted, in no order: what the answer must drop some of to count as
+    worked out. Operators and layout are not content."""
+    s = rewrite_commands(unicode_to_latex(sanitize(s)))
+    s = brace_fracs(s) if '\\frac' in s else s
+    return Counter(t for t in _TOKEN.findall(s) if t not in _LAYOUT)
 
 
 def extract_answer(response, fallback=False):

@@ -1055,6 +1055,7 @@ def _tokenize(s):
     """Tokens: ('num', Fraction, text) ('var', name) ('const', complex) ('func', name, base)
     ('cmd', name) ('op', char)."""
     braces, toks, i, n = _match(s), [], 0, len(s)
+    based = False  # a numeral carries a base subscript (204_5)
     while i < n:
         ch = s[i]
         if ch == ' ':
@@ -1076,7 +1077,8 @@ def _tokenize(s):
             toks.append(('num', _number(s[i:j]), s[i:j]))
             i = j
             if s[i:i + 1] == '_':  # 204_5: a base subscript, the digits are compared
-                _, i = _read_name(s, i, i, braces)
+                sub, i = _read_name(s, i, i, braces)
+                based = based or sub.strip('_{}') != '10'
         elif _is_letter(ch):
             j = i  # the longest function name has 6 letters: never scan a long word
             while j < n and j - i < 7 and _is_letter(s[j]):
@@ -1124,6 +1126,8 @@ def _tokenize(s):
             raise Unsupported(ch)
         if len(toks) > MAX_TOKENS:
             raise Unsupported('too long')
+    if based and len(toks) > 1 + (toks[0] == ('op', '-')):
+        raise Unsupported('arithmetic in a base other than 10')  # 58_9 - 18_9 is not 58 - 18
     return toks
 
 
@@ -1541,16 +1545,16 @@ def _outer_pair(s):
     return opening, closing, inner
 
 
-def _is_name(s):
+def is_name(s):
     """x, k, x_1, m_{\\max}, \\theta, f(x), y', (x, y), PQ, |PQ|, S_{ABC}, V_1:V_2, \\frac{AM}{MC},
     \\angle ABC: a left side that only names the answer."""
     s = s.strip()
     if len(s) > 2 and s[0] == '(' and s[-1] == ')' and ',' in s:
-        return all(_is_name(p.strip()) for p in s[1:-1].split(','))
+        return all(is_name(p.strip()) for p in s[1:-1].split(','))
     if len(s) > 2 and s[0] == '|' and s[-1] == '|':
-        return _is_name(s[1:-1])
+        return is_name(s[1:-1])
     if ':' in s:
-        return all(_is_name(p) for p in s.split(':'))
+        return all(is_name(p) for p in s.split(':'))
     for cmd in ('\\angle', '\\overline', '\\triangle', 'm\\angle'):
         if s.startswith(cmd) and len(s) > len(cmd):
             s = s[len(cmd):].replace(' ', '')
@@ -1559,7 +1563,7 @@ def _is_name(s):
         pairs = _match(s)
         a = pairs.get(5, -1)
         if a > 0 and s[a + 1:a + 2] == '{' and pairs.get(a + 1) == len(s) - 1:
-            return _is_name(s[6:a]) and _is_name(s[a + 2:-1])
+            return is_name(s[6:a]) and is_name(s[a + 2:-1])
         return False
     if s[:1] == '\\':
         j = 1
@@ -1616,7 +1620,7 @@ def analyse(s, depth=0):
     if '\\approx' in s:  # "x = 1/3 \approx 0.33": the exact value or its approximation
         head, tail = s[:s.rfind('\\approx')].strip(), s[s.rfind('\\approx') + 7:].strip()
         after = analyse(tail, depth + 1)
-        if not head or _is_name(head):
+        if not head or is_name(head):
             return after
         return Alt((analyse(head.split('\\approx')[0].strip(), depth + 1), after))
     parts = _split_top(s, ';')
@@ -1652,18 +1656,18 @@ def analyse(s, depth=0):
     if len(sides) == 2:
         left, right = sides[0].strip(), sides[1].strip()
         eq = Equation(s, _evaluate('(' + left + ')-(' + right + ')'))
-        if _is_name(left):
+        if is_name(left):
             return Named(analyse(right, depth + 1), eq, left, True)
-        if _is_name(right) and _is_constant(left):  # "3 = x"
+        if is_name(right) and _is_constant(left):  # "3 = x"
             return Named(analyse(left, depth + 1), eq, right, True)
-        if _is_constant(right) and all(_is_name(x) for x in left.split('+')):
+        if _is_constant(right) and all(is_name(x) for x in left.split('+')):
             # a prediction "m + n = 13" gives 13; a gold "x + y = 7" is an equation (weak)
             return Named(analyse(right, depth + 1), eq, left, False)
         if _is_constant(left) and _is_constant(right):  # "\frac12 = \frac{10}{9}": a step
             return analyse(right, depth + 1)
         return eq
     k = s.find('\\in')
-    if k > 0 and not _is_letter(s[k + 3:k + 4]) and _is_name(s[:k].strip()):
+    if k > 0 and not _is_letter(s[k + 3:k + 4]) and is_name(s[:k].strip()):
         return analyse(s[k + 3:].strip(), depth + 1)
     if s.count('\\pm') == 1 or s.count('\\mp') == 1:
         cmd = '\\pm' if '\\pm' in s else '\\mp'
@@ -1710,10 +1714,10 @@ def _relation(s, parts, ops, depth):
             return Relation(s, None, None)
         ineq = Inequality(_evaluate('(' + parts[0] + ')-(' + parts[1] + ')'), '!=')
         a, b = parts
-        if _is_name(b) and _is_constant(a):
+        if is_name(b) and _is_constant(a):
             a, b = b, a
         interval = None
-        if _is_name(a) and _is_constant(b):
+        if is_name(a) and _is_constant(b):
             interval = analyse('(-\\infty,%s)\\cup(%s,\\infty)' % (b, b), depth + 1)
         return Relation(s, interval, ineq)
     up = [op in ('<', '<=') for op in ops]
@@ -1726,13 +1730,13 @@ def _relation(s, parts, ops, depth):
         ineq = Inequality(_evaluate('(' + a + ')-(' + b + ')'), ops[0])
         interval = None
         closed_l, closed_r = ('[', ']') if ops[0] == '<=' else ('(', ')')
-        if a[:1] == '|' and _is_name(a) and _is_constant(b):  # |x| < 3: (-3, 3)
+        if a[:1] == '|' and is_name(a) and _is_constant(b):  # |x| < 3: (-3, 3)
             interval = '%s-(%s),%s%s' % (closed_l, b, b, closed_r)
-        elif b[:1] == '|' and _is_name(b) and _is_constant(a):  # 3 < |x|: two rays
+        elif b[:1] == '|' and is_name(b) and _is_constant(a):  # 3 < |x|: two rays
             interval = '(-\\infty,-(%s)%s\\cup%s%s,\\infty)' % (a, closed_r, closed_l, a)
-        elif _is_name(a) and _is_constant(b):
+        elif is_name(a) and _is_constant(b):
             interval = '(-\\infty,%s%s' % (b, closed_r)
-        elif _is_name(b) and _is_constant(a):
+        elif is_name(b) and _is_constant(a):
             interval = '%s%s,\\infty)' % (closed_l, a)
         return Relation(s, interval and analyse(interval, depth + 1), ineq)
     lo, mid, hi = parts
@@ -1740,12 +1744,12 @@ def _relation(s, parts, ops, depth):
         return Relation(s, None, None)
     left = '[' if ops[0] == '<=' else '('
     right = ']' if ops[1] == '<=' else ')'
-    if len(mid) > 2 and mid[0] == '|' and mid[-1] == '|' and _is_name(mid[1:-1]):
+    if len(mid) > 2 and mid[0] == '|' and mid[-1] == '|' and is_name(mid[1:-1]):
         # lo <= |z| <= hi: z in [-hi, -lo] or [lo, hi]
         text = '%s-(%s),-(%s)%s\\cup%s%s,%s%s' % ('[' if right == ']' else '(', hi, lo,
                                                  ']' if left == '[' else ')', left, lo, hi, right)
         return Relation(s, analyse(text, depth + 1), None)
-    if _is_name(mid):
+    if is_name(mid):
         return Relation(s, analyse('%s%s,%s%s' % (left, lo, hi, right), depth + 1), None)
     return Relation(s, None, None)
 

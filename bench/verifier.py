@@ -13,7 +13,10 @@
 2. Every gold of ../shared/datasets/*.jsonl against itself and rewritten forms of itself
    (boxed in a response, spaces added, \\frac <-> \\dfrac, trailing period, $...$):
    cases/second, the slowest case, and any rewrite we fail to accept.
-3. The hostile inputs of tests/test_verifier.py, strict and with the fallback: the slowest.
+3. Copies of the question: every piece of a dataset question's math that equals its gold,
+   disguised (in brackets, times one, plus zero, named, terms turned, ...) and scored with
+   the question: the problems where a copy is paid, and any gold refused.
+4. The hostile inputs of tests/test_verifier.py, strict and with the fallback: the slowest.
 The outside table (tests/verifier_outside_cases.py: other projects' grader tests and
 verifier issue threads, not used to write the rules) is graded like the labelled table
 and reported apart from it, for ours and for math-verify.
@@ -23,6 +26,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 
@@ -30,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import verifier as V  # noqa: E402
 from data.tasks import gold_answer  # noqa: E402
+from verifier_forms import math_spans  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'datasets')
 if not os.path.isdir(DATA):
@@ -90,6 +95,59 @@ def bench_datasets(golds):
     print('  rewrites not accepted: %d' % len(misses))
     for m in misses[:15]:
         print('   ', m)
+
+
+def question_pieces(question, gold):
+    """The pieces of the question's math (a span, or a part of one between "=" and ",")
+    that equal the gold and hold a number, letter or function the gold lacks: what a policy
+    could copy instead of working the problem out."""
+    pieces = set()
+    for _, _, span in math_spans(question[-8000:]):
+        pieces.update(p.strip().rstrip('.').strip() for p in span.replace(',', '=').split('='))
+    return sorted(p for p in pieces if sum(V._content(p).values()) >= 2
+                  and V._content(p) - V._content(gold) and V.is_equivalent(p, gold))
+
+
+def disguises(piece):
+    """A copy of a question piece, dressed so that it is no longer written as in the question."""
+    terms = [t for t in re.split(r'(?=[+-])', piece.replace(' ', '')) if t]
+    rotated = '+'.join(terms[1:] + terms[:1]).replace('+-', '-').lstrip('+') if len(terms) > 1 else None
+    forms = [('as written', piece), ('brackets', '(%s)' % piece), ('times one', '1 \\cdot %s' % piece),
+             ('plus zero', '%s + 0' % piece), ('named', 'x = %s' % piece), ('named after', '%s = x' % piece),
+             ('over one', '\\frac{%s}{1}' % piece), ('twice, halved', '\\frac{2(%s)}{2}' % piece)]
+    return forms + ([('terms turned', rotated)] if rotated else [])
+
+
+def bench_copies():
+    """Every record of ../shared/datasets with its question: each disguise of each question
+    piece equal to the gold, boxed, scored with the question (a3po.reward's call). A paid
+    disguise is a reward for restating the question; the gold itself must always be paid."""
+    problems, paid, cases, by_form, golds_refused = 0, [], 0, {}, 0
+    for path in sorted(glob.glob(os.path.join(DATA, '*.jsonl'))):
+        name = os.path.basename(path).replace('.jsonl', '')
+        with open(path, encoding='utf-8') as f:
+            for line in f:
+                record = json.loads(line)
+                question, gold = record.get('problem') or record.get('question'), gold_answer(record)
+                if V.score('So \\boxed{%s}.' % gold, gold, question=question) != 1.0:
+                    golds_refused += 1
+                pieces = question_pieces(question, gold)
+                problems += bool(pieces)
+                hits = []
+                for piece in pieces:
+                    for label, text in disguises(piece):
+                        cases += 1
+                        if V.score('So \\boxed{%s}.' % text, gold, question=question) == 1.0:
+                            hits.append((label, text))
+                            by_form[label] = by_form.get(label, 0) + 1
+                if hits:
+                    paid.append((name, gold, hits[0]))
+    print('copies of the question: %d problems with a piece equal to the gold, %d disguised copies; '
+          'paid on %d problems (%s); golds refused: %d'
+          % (problems, cases, len(paid), ', '.join('%s %d' % kv for kv in sorted(by_form.items())) or 'none',
+             golds_refused))
+    for p in paid[:15]:
+        print('   ', p)
 
 
 def bench_hostile(hostile):
@@ -207,6 +265,7 @@ def main():
     golds = dataset_golds()
     if golds:
         bench_datasets(golds)
+        bench_copies()
     else:
         print('no datasets under', DATA)
     bench_hostile(tests.HOSTILE)

@@ -155,6 +155,9 @@ EQUIV = [
     ('204_5', '204_5', True), ('204', '204_5', True), ('54', '204_5', False), ('4210_{5}', '4210_5', True),
     (r'\infty', r'\infty', True), (r'-\infty', r'\infty', False), ('k\\geq 2', r'k \geqslant 2', True),
     ('204_6', '204_5', False), ('4343_7', '4343_6', False), (r'(2,+\infty)', r'(2,\infty)', True),
+    # arithmetic in another base is not read in base 10 (17_9 + 5_9 is 23_9, not 22_9)
+    ('17_9+5_9', '22_9', False), (r'1\cdot 17_9+5_9', '22_9', False), (r'2 \cdot 10_2', '20_2', False),
+    ('-40_9', '-40_9', True), ('1_{10}+2_{10}', '3', True),
     (r'x=\pm 2', '2,-2', True), (r'x=\pm 2', '2', False), ('(x,y)=(1,2)', '(1,2)', True),
     (r'5\,\text{m}', '5', True), (r'\varnothing', r'\emptyset', True), (r'\frac{1}{2}x', 'x/2', True),
     (r'\left\{1,2\right\}', r'\{2,1\}', True), (r'\frac{\sqrt{2}}{\sqrt{8}}', '0.5', True),
@@ -396,6 +399,23 @@ def test_an_answer_copied_from_the_question_earns_nothing():
             assert V.score(response, gold, fallback=True, question=question) == 0.0, answer
         for answer in worked:
             assert V.score('So \\boxed{%s}' % answer, gold, question=question) == 1.0, answer
+    # a copy dressed up is still a copy: wrapped, padded with a no-op, named, its terms turned
+    dressed = [
+        ('Simplify $\\sqrt{242}$.', '11\\sqrt2', ['(\\sqrt{242})', '1 \\cdot \\sqrt{242}', '\\sqrt{242}+0',
+                                                  '\\frac{\\sqrt{242}}{1}', '\\sqrt{242} = x', 'x = (\\sqrt{242})']),
+        ('Compute $\\dbinom{31}{28}$.', '4495', ['\\binom{31}{28} \\cdot 1', '\\frac{2\\binom{31}{28}}{2}']),
+        ('Factor $ab+5b+2a+10$.', '(a+5)(b+2)', ['10+2a+5b+ab', '(ab+2a)+(5b+10)']),
+        ('Compute $\\log_264$.', '6', ['\\log_2 64', '\\log_{2}{64}']),
+        ('What is $441+2(21)(19)+361$?', '1600', ['361+441+2(19)(21)', '441+2(21)(19)+361 = x']),
+    ]
+    for question, gold, copies in dressed:
+        for answer in copies:
+            assert V.score('\\boxed{%s}' % answer, gold) == 1.0, (answer, 'equals the gold')
+            assert V.score('\\boxed{%s}' % answer, gold, question=question) == 0.0, answer
+    # work shown before the result is not a copy; a part of the question that is not the answer
+    # may stay in it (x+1 of $g(x) = x+1$ in 2(x+1))
+    assert V.score('\\boxed{\\binom{31}{28} = 4495}', '4495', question='Compute $\\dbinom{31}{28}$.') == 1.0
+    assert V.score('\\boxed{2(x+1)}', '2x+2', question='Find $f(g(x))$ if $f(x) = 2x$ and $g(x) = x+1$.') == 1.0
     # the gold among the question's options may be copied from there
     assert V.score('\\boxed{\\frac{1}{2}}', '\\frac12', question='Which is larger, $\\frac{1}{2}$ or $\\frac13$?') == 1.0
     assert V.score('\\boxed{5}', '5', question='Is $x = 5$ or $x = 6$ the root of $x - 5 = 0$?') == 1.0
