@@ -1502,7 +1502,7 @@ class Relation(NamedTuple):
 
 
 class Alt(NamedTuple):
-    """"x = 1/3 \\approx 0.33": either form is right."""
+    """"x = 1/3 \\approx 0.33": either form is right (the second rounds or truncates the first)."""
     forms: tuple
 
 
@@ -1622,7 +1622,10 @@ def analyse(s, depth=0):
         after = analyse(tail, depth + 1)
         if not head or is_name(head):
             return after
-        return Alt((analyse(head.split('\\approx')[0].strip(), depth + 1), after))
+        exact = analyse(head.split('\\approx')[0].strip(), depth + 1)
+        if not _approximates(after, exact):  # "3 \\approx 4" would hedge two answers: 3 counts
+            return exact
+        return Alt((exact, after))
     parts = _split_top(s, ';')
     if len(parts) > 1:  # "m=3,n=1;m=5,n=1": groups of named values are tuples
         return _collection(parts, depth, groups=True)
@@ -1675,6 +1678,28 @@ def analyse(s, depth=0):
     if s.lower() in _REALS:
         return analyse('(-\\infty,\\infty)', depth + 1) if s != '(-\\infty,\\infty)' else _leaf(s)
     return _leaf(s)
+
+
+def _approximates(approx, exact):
+    """Is approx a numeral that rounds or truncates the value exact (0.33 or 0.3 of 1/3, 0.67
+    or 0.66 of 2/3, 1.414 of \\sqrt2), so that "exact \\approx approx" states one answer?"""
+    while isinstance(exact, (Named, Items)):
+        if isinstance(exact, Items) and len(exact.items) != 1:
+            return False
+        exact = exact.value if isinstance(exact, Named) else exact.items[0]
+    if not (isinstance(approx, Leaf) and isinstance(exact, Leaf) and approx.precision
+            and approx.value and exact.value and not exact.value.names):
+        return False
+    half = float(approx.precision.half_unit)
+    for a, e in zip(approx.value.points, exact.value.points):
+        a, e = complex(a), complex(e)
+        if abs(e.imag) > 1e-12 or abs(a.imag) > 1e-12:
+            return False
+        rounded = abs(e.real - a.real) <= half * (1 + 1e-9)
+        truncated = abs(a.real) <= abs(e.real) and a.real * e.real >= 0 and abs(e.real - a.real) < 2 * half
+        if not (rounded or truncated):
+            return False
+    return True
 
 
 def _split_relations(s):

@@ -379,6 +379,21 @@ def test_a_hedge_or_bound_after_a_number_is_not_a_unit():
         assert V.score(response, '3', number_only=True) == 1.0, response
 
 
+def test_an_approximation_that_disagrees_is_not_a_second_answer():
+    # "exact \\approx approx" states one answer in two forms, and either may match the gold; when
+    # the approximation neither rounds nor truncates the exact value, it would be a second answer:
+    # only the exact form counts
+    for response, gold in (('\\boxed{3 \\approx 4}', '4'), ('\\boxed{4 \\approx 3}', '3'),
+                           ('\\boxed{x = 3 \\approx 4}', '4'), ('\\boxed{\\frac23 \\approx 0.9}', '0.9'),
+                           ('\\boxed{3 \\approx 3.5}', '3.5'), ('\\boxed{-\\frac23 \\approx 0.67}', '0.67')):
+        assert V.score(response, gold) == 0.0, response
+    for response, gold in (('\\boxed{3 \\approx 4}', '3'), ('\\boxed{\\frac13 \\approx 0.33}', '0.33'),
+                           ('\\boxed{\\frac23 \\approx 0.67}', '0.67'), ('\\boxed{\\frac23 \\approx 0.66}', '0.66'),
+                           ('\\boxed{\\frac23 \\approx 0.66}', '\\frac23'), ('\\boxed{x = \\sqrt2 \\approx 1.414}', '1.414'),
+                           ('\\boxed{-\\frac23 \\approx -0.67}', '-0.67')):
+        assert V.score(response, gold) == 1.0, response
+
+
 def test_an_answer_copied_from_the_question_earns_nothing():
     # (question, gold, copies of the question's math that equal the gold, worked-out answers)
     cases = [
