@@ -97,7 +97,7 @@ def restates(answer, gold, question):
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
 def _pieces_equal_to_gold(question, gold):
     """The content (see _content) of each piece of the question's math that equals the gold,
-    has two tokens or more, and holds a token the gold lacks."""
+    has two tokens or more and an operation, and holds a token the gold lacks."""
     golds = _content(gold)
     pieces = set()
     for _, _, span in math_spans(question[-TAIL_CHARS:]):
@@ -106,12 +106,15 @@ def _pieces_equal_to_gold(question, gold):
     needs = []
     for piece in pieces:
         need = _content(piece)
-        if sum(need.values()) >= 2 and need - golds and is_equivalent(piece, gold):
+        if (sum(need.values()) >= 2 and need - golds and _OPERATION.search(piece)
+                and is_equivalent(piece, gold)):
             needs.append(need)
     return tuple(needs)
 
 
-_TOKEN = re.compile(r'\\[A-Za-z]+|(?<=[_^])\d|\d*\.?\d+|[A-Za-z]')  # x^25 is x^{2}5, \log_264 is \log_{2}64
+# x^25 is x^{2}5 and \log_264 is \log_{2}64; a word of three letters or more is prose or a unit
+_TOKEN = re.compile(r'\\[A-Za-z]+|(?<=[_^])\d|\d*\.?\d+|[A-Za-z]{3,}|[A-Za-z]')
+_OPERATION = re.compile(r'[-+*/^!|]|[\w)]\s*\(|\\(?!left|right|text|mathrm|mathbf|textbf|displaystyle|q?quad)[A-Za-z]+')
 _LAYOUT = frozenset(('\\left', '\\right', '\\frac', '\\cdot', '\\times', '\\div', '\\text',
                      '\\mathrm', '\\mathbf', '\\textbf', '\\displaystyle', '\\quad', '\\qquad'))
 
@@ -119,10 +122,10 @@ _LAYOUT = frozenset(('\\left', '\\right', '\\frac', '\\cdot', '\\times', '\\div'
 def _content(s):
     """The numbers, letters and functions of s as written (LaTeX synonyms and \\frac12 =
     \\frac{1}{2} aside), counted, in no order: what the answer must drop some of to count as
-    worked out. Operators and layout are not content."""
+    worked out. Operators, layout and words ("15 each") are not content."""
     s = rewrite_commands(unicode_to_latex(sanitize(s)))
     s = brace_fracs(s) if '\\frac' in s else s
-    return Counter(t for t in _TOKEN.findall(s) if t not in _LAYOUT)
+    return Counter(t for t in _TOKEN.findall(s) if t not in _LAYOUT and not (t.isalpha() and len(t) > 2))
 
 
 def extract_answer(response, fallback=False):

@@ -99,12 +99,12 @@ def bench_datasets(golds):
 
 def question_pieces(question, gold):
     """The pieces of the question's math (a span, or a part of one between "=" and ",")
-    that equal the gold and hold a number, letter or function the gold lacks: what a policy
-    could copy instead of working the problem out."""
+    that hold an operation, equal the gold and hold a number, letter or function the gold
+    lacks: what a policy could copy instead of working the problem out."""
     pieces = set()
     for _, _, span in math_spans(question[-8000:]):
         pieces.update(p.strip().rstrip('.').strip() for p in span.replace(',', '=').split('='))
-    return sorted(p for p in pieces if sum(V._content(p).values()) >= 2
+    return sorted(p for p in pieces if sum(V._content(p).values()) >= 2 and V._OPERATION.search(p)
                   and V._content(p) - V._content(gold) and V.is_equivalent(p, gold))
 
 
