@@ -40,6 +40,7 @@ over seeds), wall time per run and where it ran, which runs are not finished yet
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -55,7 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.append(os.path.join(REPO, "bench"))  # after the repository: bench/verifier.py must not shadow verifier.py
 import verifier  # noqa: E402
-from polarity import FLOORS, paired_se, redrawn_evaluation, t975, welch_se, write_atomic  # noqa: E402
+from polarity import FLOORS, end_window, paired_se, redrawn_evaluation, t975, welch_se, write_atomic  # noqa: E402
 
 # The task and the trainer settings, the same for every variant. Level-1 synthetic problems
 # ("What is 15+4?" or a one-step word problem) are the easiest the project has: SmolLM2-135M
@@ -573,8 +574,30 @@ def verdict_metrics(k):
 
 def floor(key):
     """The smallest difference that counts: the polarity study's floors (1 point for a share,
-    0.5 tokens for a length)."""
-    return FLOORS["eval_length"] if key == "length" else FLOORS["pass@1"]
+    0.5 tokens for a length, 0.01 nats for an entropy)."""
+    return FLOORS["eval_length"] if key == "length" else FLOORS["entropy"] if is_entropy(key) else FLOORS["pass@1"]
+
+
+# The entropy of pi_old on the sampled tokens, by polarity: the quantity the explanation of
+# the A3PO / DAPO gap is about. Training-batch numbers, read as the polarity study reads them:
+# start = step 1 (the untrained model's batch), end = the mean over the last fifth of training.
+ENTROPIES = [("entropy", "all tokens"), ("entropy_pos", "positive samples' tokens"),
+             ("entropy_neg", "negative samples' tokens")]
+
+
+def is_entropy(key):
+    return key.startswith("entropy")
+
+
+def entropy_by_seed(study, variant, when, key):
+    """{seed: entropy} of a variant's finished runs; when: 'start' / 'end' (see ENTROPIES)."""
+    out = {}
+    for s, r in finished_runs(study, variant).items():
+        steps = r["train"][:1] if when == "start" else r["train"][-end_window(len(r["train"])):]
+        xs = [m[key] for m in steps if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
+        if xs:
+            out[s] = mean(xs)
+    return out
 
 
 def verdict(va, vb, key, paired=False):
@@ -594,12 +617,12 @@ def pct(v):
 
 
 def fmt(key, v):
-    return f"{v:.1f}" if key == "length" else pct(v)
+    return f"{v:.1f}" if key == "length" else f"{v:.2f}" if is_entropy(key) else pct(v)
 
 
 def points(key, v):
-    """A difference: points for shares, tokens for length."""
-    return f"{v:+.1f}" if key == "length" else f"{100 * v:+.1f}"
+    """A difference: points for shares, tokens for length, nats for entropy."""
+    return f"{v:+.1f}" if key == "length" else f"{v:+.2f}" if is_entropy(key) else f"{100 * v:+.1f}"
 
 
 def cell(key, values):
@@ -684,6 +707,29 @@ def report(study, settings, out_png):
         cells = [verdict_cell(key, verdict(by_seed(study, v, "after", key), by_seed(study, v, "before", key), key,
                                            paired=True), "after", "before") for key, _ in metrics]
         say(f"| {v}: after vs before | " + " | ".join(cells) + " |")
+    say("")
+
+    say("## Entropy of the policy while training (nats per token)\n")
+    say("The entropy of pi_old on the sampled tokens, as the polarity study reads training numbers: start = "
+        "step 1 (the batch the untrained model sampled), end = the mean over the last fifth of training "
+        f"({end_window(steps or 16)} steps). Verdicts by the rule above, floor 0.01 nats.\n")
+    say("| tokens | start (every run) | " + " | ".join(f"{v} end" for v in variants) + " |")
+    say("|---|" + "---|" * (1 + len(variants)))
+    for key, name in ENTROPIES:
+        start = [x for v in variants for x in entropy_by_seed(study, v, "start", key).values()]
+        say(f"| {name} | {fmt(key, mean(start)) if start else '-'} | "
+            + " | ".join(cell(key, entropy_by_seed(study, v, "end", key)) for v in variants) + " |")
+    say("")
+    say("| A vs B | " + " | ".join(name for _, name in ENTROPIES) + " |")
+    say("|---|" + "---|" * len(ENTROPIES))
+    for a, b in [(a, b) for a, b in COMPARISONS if a in variants and b in variants]:
+        say(f"| {a} vs {b} | " + " | ".join(verdict_cell(key, verdict(
+            entropy_by_seed(study, a, "end", key), entropy_by_seed(study, b, "end", key), key), a, b)
+            for key, _ in ENTROPIES) + " |")
+    for v in variants:
+        say(f"| {v}: end vs start | " + " | ".join(verdict_cell(key, verdict(
+            entropy_by_seed(study, v, "end", key), entropy_by_seed(study, v, "start", key), key, paired=True),
+            "end", "start") for key, _ in ENTROPIES) + " |")
     say("")
 
     say("## Wall time per run, and where it ran\n")

@@ -219,6 +219,37 @@ def test_report_on_a_partial_study(partial_study, tmp_path):
     assert "Seed 0." in text
 
 
+def test_entropy_start_end_and_verdicts(tmp_path):
+    """Entropy is read as the polarity study reads training numbers: start = step 1, end = the
+    mean over the last fifth of training (3 of 16 steps); verdicts by the same rule."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "study.json").write_text(json.dumps(dict(
+        model="/m", common=real_model.COMMON, steps=STEPS, eval_size=48, save_every=4, extra=[],
+        variants=["a3po", "dapo"], seeds=[0, 1, 2])))
+    ends = {"a3po": [1.0, 1.1, 0.9], "dapo": [0.3, 0.2, 0.4]}
+    for variant, values in ends.items():
+        for seed, end in enumerate(values):
+            run_dir = fake_run(runs, f"{variant}-s{seed}", STEPS, ckpt=STEPS, after=0.3, seed=seed)
+            lines = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+            for m in lines:
+                if m["split"] == "train":  # 0.8 at step 1, then a ramp whose last 3 steps average `end`
+                    m["entropy"] = 0.8 if m["step"] == 1 else end + 0.01 * (m["step"] - (STEPS - 1))
+                    m["entropy_pos"] = m["entropy"]
+            write_lines(os.path.join(run_dir, "metrics.jsonl"), lines)
+    out = str(tmp_path / "report")
+    real_model.write_report(str(runs), out)
+    text = open(out + ".md").read()
+    text = text[text.index("## Entropy"):]  # its verdict rows share their names with the held-out ones
+    assert row(text, "all tokens") == ["0.80", "1.00 (s0 1.00, s1 1.10, s2 0.90)", "0.30 (s0 0.30, s1 0.20, s2 0.40)"]
+    # a3po vs dapo: d = 0.70, Welch se = sqrt(0.01/3 + 0.01/3) = 0.0816 on 4 df: margin 2.776 x se = 0.23
+    assert row(text, "a3po vs dapo")[0] == "**a3po higher**: +0.70 (0.23, n = 3)"
+    # paired by seed: differences 0.2, 0.3, 0.1 (se 0.058, 2 df: margin 4.303 x se = 0.25) and -0.5, -0.6, -0.4
+    assert row(text, "a3po: end vs start")[0] == "unclear: +0.20 (0.25, n = 3)"
+    assert row(text, "dapo: end vs start")[0] == "**start higher**: -0.50 (0.25, n = 3)"
+    assert row(text, "negative samples' tokens")[1:] == ["0.90 (s0 0.90, s1 0.90, s2 0.90)"] * 2  # fake_run's constant
+
+
 def test_report_needs_a_study_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a study's runs folder"):
         real_model.write_report(str(tmp_path), str(tmp_path / "report"))
