@@ -438,7 +438,7 @@ def print_progress(args):
 
 # ----------------------------------------------------------------------------- held-out redraws
 
-NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
+NUMBER = re.compile(r"[-+]?\d+(\.\d+)?(\s+[A-Za-z]+)*")  # a unit may follow: "2 days", "28 cards"
 FORMS = [("number", "a number (\"The answer is 19\")"),
          ("equation", "an equation ending in a number (\"8+11 = 19\")"),
          ("expression", "the sum not worked out (\"19+9\")")]
@@ -475,7 +475,7 @@ def answer_form(text):
     answer = verifier.extract_answer(text)
     if answer is None:
         return None
-    answer = answer.strip().rstrip(".")
+    answer = answer.strip().rstrip(".,")
     if NUMBER.fullmatch(answer):
         return "number"
     if "=" in answer and NUMBER.fullmatch(answer.split("=")[-1].strip()):
@@ -688,7 +688,9 @@ def report(study, settings, out_png):
             + " | ".join(cell(key, by_seed(study, v, 'after', key)) for v in variants) + " |")
     say("\n'Right and worked out' and 'right only as the sum' split the right samples by how they state the "
         "answer (every held-out sample drawn again with the run's settings and keys, checked against the logged "
-        "pass@1; '-' until drawn). The reward reads the last `\\boxed{}` or a marked answer (\"The answer is ...\").\n")
+        "pass@1; '-' until drawn). The reward reads the last `\\boxed{}` or a marked answer (\"The answer is ...\"). "
+        "The forms are read with today's verifier: a right sample in which it finds no answer (the runs may be older "
+        "than a change to it) is in neither row.\n")
 
     say("## Verdicts\n")
     say("By the polarity study's rule (bench/polarity.py, RULE): d = mean(A) - mean(B) over seeds; margin = "

@@ -339,6 +339,8 @@ def test_answer_forms_recounted_from_the_redrawn_samples(bench_run):
 @pytest.mark.parametrize("text, form", [
     ("The answer is 19.", "number"), ("\\boxed{-3}", "number"),
     ("So, the final answer is 8+11 = 19.", "equation"),
+    ("The answer is 28 cards.", "number"), ("Final answer: 6 - 4 = 2 days.", "equation"),
+    ("The answer is 19 + 9 cards.", "expression"),
     ("Reasoning: 19 + 9 = 18.\n\nSo, the final answer is 19+9.", "expression"),
     ("\\boxed{19+9}", "expression"), ("I do not know", None),
 ])
