@@ -4,6 +4,7 @@
     extract_answer(response, fallback=False) -> the final answer in a response, or None
     gold_text(gold) -> the gold answer in a gold field (a GSM8K rationale, a solution)
     is_equivalent(pred, gold, number_only=False) -> are they the same answer?
+    restates(answer, gold, question) -> is the answer the question's own math, not worked out?
 
 score = extract -> normalise -> parse -> compare, in that order, each a section below:
 1. Extract the final answer: an R1-style <answer>...</answer>, else the last \\boxed{}
@@ -80,36 +81,35 @@ def restates(answer, gold, question):
     $\\dbinom{31}{28}$." answered \\dbinom{31}{28}, "Simplify $\\sqrt{242}$." answered \\sqrt{242},
     "Express $0.\\overline{7}$ as a common fraction." answered 0.\\overline{7}: each equals the
     gold, and each would be a reward for restating the question. A piece of the question's math
-    (a math span, or a part of one between "=" and ",") that equals the gold is restated when
-    the answer still holds every number, letter and function that the piece has, in any
-    order and whatever else surrounds them: wrapping the copy
-    ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0") or reordering it
-    ("10+2a+5b+ab") hides nothing. An answer of several sides ("\\binom{31}{28} = 4495")
-    restates only when each side does, a side that only names the answer ("x") aside. Never
-    for a piece whose content the gold holds too (the answer among the question's options),
-    so the gold's own form always stands."""
-    needs = _pieces_equal_to_gold(as_text(question) or '', gold)
+    that equals the gold (question_pieces) is restated when the answer still holds every
+    number, letter and function that the piece has, in any order and whatever else surrounds
+    them: wrapping the copy ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0") or
+    reordering it ("10+2a+5b+ab") hides nothing. An answer of several sides
+    ("\\binom{31}{28} = 4495") restates only when each side does, a side that only names the
+    answer ("x") aside. Never for a piece whose content the gold holds too (the answer among
+    the question's options), so the gold's own form always stands."""
+    needs = [need for _, need in question_pieces(as_text(question) or '', gold)]
     sides = [s for s in answer.split('=') if s.strip() and not is_name(s)]
     return bool(needs and sides) and all(
         any(not need - _content(side) for need in needs) for side in sides)
 
 
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
-def _pieces_equal_to_gold(question, gold):
-    """The content (see _content) of each piece of the question's math that equals the gold,
-    has two tokens or more and an operation, and holds a token the gold lacks."""
+def question_pieces(question, gold):
+    """(piece, its content) for each piece of the question's math (a math span cut at every
+    "=" and ",") that equals the gold, has an operation and two tokens of content or more (see
+    _content), and holds a token the gold lacks: what restates looks for."""
     golds = _content(gold)
     pieces = set()
     for _, _, span in math_spans(question[-TAIL_CHARS:]):
-        pieces.add(span)
-        pieces.update(span.replace(',', '=').split('='))
-    needs = []
-    for piece in pieces:
+        pieces.update(part.strip() for part in span.replace(',', '=').split('='))
+    found = []
+    for piece in sorted(pieces):
         need = _content(piece)
         if (sum(need.values()) >= 2 and need - golds and _OPERATION.search(piece)
                 and is_equivalent(piece, gold)):
-            needs.append(need)
-    return tuple(needs)
+            found.append((piece, need))
+    return tuple(found)
 
 
 # x^25 is x^{2}5 and \log_264 is \log_{2}64; a word of three letters or more is prose or a unit

@@ -34,7 +34,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import verifier as V  # noqa: E402
 from data.tasks import gold_answer  # noqa: E402
-from verifier_forms import math_spans  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'datasets')
 if not os.path.isdir(DATA):
@@ -97,17 +96,6 @@ def bench_datasets(golds):
         print('   ', m)
 
 
-def question_pieces(question, gold):
-    """The pieces of the question's math (a span, or a part of one between "=" and ",")
-    that hold an operation, equal the gold and hold a number, letter or function the gold
-    lacks: what a policy could copy instead of working the problem out."""
-    pieces = set()
-    for _, _, span in math_spans(question[-8000:]):
-        pieces.update(p.strip().rstrip('.').strip() for p in span.replace(',', '=').split('='))
-    return sorted(p for p in pieces if sum(V._content(p).values()) >= 2 and V._OPERATION.search(p)
-                  and V._content(p) - V._content(gold) and V.is_equivalent(p, gold))
-
-
 def disguises(piece):
     """A copy of a question piece, dressed so that it is no longer written as in the question."""
     terms = [t for t in re.split(r'(?=[+-])', piece.replace(' ', '')) if t]
@@ -119,9 +107,10 @@ def disguises(piece):
 
 
 def bench_copies():
-    """Every record of ../shared/datasets with its question: each disguise of each question
-    piece equal to the gold, boxed, scored with the question (a3po.reward's call). A paid
-    disguise is a reward for restating the question; the gold itself must always be paid."""
+    """Every record of ../shared/datasets with its question: each disguise of each piece of
+    the question's math that equals the gold (verifier.question_pieces), boxed, scored with
+    the question (a3po.reward's call). A paid disguise is a reward for restating the question;
+    the gold itself must always be paid."""
     problems, paid, cases, by_form, golds_refused = 0, [], 0, {}, 0
     for path in sorted(glob.glob(os.path.join(DATA, '*.jsonl'))):
         name = os.path.basename(path).replace('.jsonl', '')
@@ -131,7 +120,7 @@ def bench_copies():
                 question, gold = record.get('problem') or record.get('question'), gold_answer(record)
                 if V.score('So \\boxed{%s}.' % gold, gold, question=question) != 1.0:
                     golds_refused += 1
-                pieces = question_pieces(question, gold)
+                pieces = [piece.rstrip('.').strip() for piece, _ in V.question_pieces(question, gold)]
                 problems += bool(pieces)
                 hits = []
                 for piece in pieces:
