@@ -489,6 +489,8 @@ def test_hostile_inputs_return_bools(text):
         assert V.score('\\boxed{%s}' % text, gold) in (0.0, 1.0)
         assert isinstance(V.is_equivalent(text, gold), bool)
         assert isinstance(V.is_equivalent(gold, text), bool)
+        assert V.score('\\boxed{%s}' % text, gold, question=text) in (0.0, 1.0)
+    assert V.score('\\boxed{42}', '42', question=text) == 1.0  # one number never holds a piece (two tokens or more)
     answer = V.extract_answer(text, fallback=True)
     assert answer is None or isinstance(answer, str)
 
@@ -498,6 +500,7 @@ def test_bad_types_never_raise():
         assert V.score(x, '42') in (0.0, 1.0)
         assert V.score('\\boxed{42}', x) in (0.0, 1.0)
         assert isinstance(V.is_equivalent(x, x), bool)
+        assert V.score('\\boxed{42}', '42', question=x) == 1.0
     assert V.score('\\boxed{42}', 42) == 1.0
 
 
