@@ -84,14 +84,14 @@ def restates(answer, gold, question):
     that equals the gold (question_pieces) is restated when the answer still holds every
     number, letter and function that the piece has, in any order and whatever else surrounds
     them: wrapping the copy ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0") or
-    reordering it ("10+2a+5b+ab") hides nothing. An answer of several sides
-    ("\\binom{31}{28} = 4495") restates only when each side does, a side that only names the
-    answer ("x") aside. Never for a piece whose content the gold holds too (the answer among
-    the question's options), so the gold's own form always stands."""
+    reordering it ("10+2a+5b+ab") hides nothing. Of an answer of several sides, the last is
+    the one compared with the gold, so it is the one read ("\\binom{31}{28} = 4495" is worked
+    out, "2 = \\sqrt{242}" is not), a side that only names the answer ("x") aside. Never for a
+    piece whose content the gold holds too (the answer among the question's options), so the
+    gold's own form always stands."""
     needs = [need for _, need in question_pieces(as_text(question) or '', gold)]
     sides = [s for s in answer.split('=') if s.strip() and not is_name(s)]
-    return bool(needs and sides) and all(
-        any(not need - _content(side) for need in needs) for side in sides)
+    return bool(sides) and any(not need - _content(sides[-1]) for need in needs)
 
 
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group

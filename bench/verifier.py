@@ -14,8 +14,8 @@
    (boxed in a response, spaces added, \\frac <-> \\dfrac, trailing period, $...$):
    cases/second, the slowest case, and any rewrite we fail to accept.
 3. Copies of the question: every piece of a dataset question's math that equals its gold,
-   disguised (in brackets, times one, plus zero, named, terms turned, ...) and scored with
-   the question: the problems where a copy is paid, and any gold refused.
+   dressed ten ways (in brackets, times one, plus zero, named, after a number, terms turned,
+   ...) and scored with the question: the problems where a copy is paid, and any gold refused.
 4. The hostile inputs of tests/test_verifier.py, strict and with the fallback: the slowest.
 The outside table (tests/verifier_outside_cases.py: other projects' grader tests and
 verifier issue threads, not used to write the rules) is graded like the labelled table
@@ -102,7 +102,8 @@ def disguises(piece):
     rotated = '+'.join(terms[1:] + terms[:1]).replace('+-', '-').lstrip('+') if len(terms) > 1 else None
     forms = [('as written', piece), ('brackets', '(%s)' % piece), ('times one', '1 \\cdot %s' % piece),
              ('plus zero', '%s + 0' % piece), ('named', 'x = %s' % piece), ('named after', '%s = x' % piece),
-             ('over one', '\\frac{%s}{1}' % piece), ('twice, halved', '\\frac{2(%s)}{2}' % piece)]
+             ('over one', '\\frac{%s}{1}' % piece), ('twice, halved', '\\frac{2(%s)}{2}' % piece),
+             ('after a number', '2 = %s' % piece)]
     return forms + ([('terms turned', rotated)] if rotated else [])
 
 
