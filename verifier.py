@@ -81,32 +81,41 @@ def restates(answer, gold, question):
     $\\dbinom{31}{28}$." answered \\dbinom{31}{28}, "Simplify $\\sqrt{242}$." answered \\sqrt{242},
     "Express $0.\\overline{7}$ as a common fraction." answered 0.\\overline{7}: each equals the
     gold, and each would be a reward for restating the question. A piece of the question's math
-    that equals the gold (question_pieces) is restated when the answer still holds every
-    number, letter and function that the piece has, in any order and whatever else surrounds
-    them: wrapping the copy ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0") or
-    reordering it ("10+2a+5b+ab") hides nothing. Of an answer of several sides, the last is
-    the one compared with the gold, so it is the one read ("\\binom{31}{28} = 4495" is worked
-    out, "2 = \\sqrt{242}" is not), a side that only names the answer ("x") aside. Never for a
-    piece whose content the gold holds too (the answer among the question's options), so the
-    gold's own form always stands."""
-    needs = [need for _, need in question_pieces(as_text(question) or '', gold)]
+    that equals the gold (question_pieces) is restated when the answer still holds every number
+    and letter of the piece, in any order and whatever surrounds or rewrites them: wrapping the
+    copy ("(\\sqrt{242})", "1 \\cdot \\sqrt{242}", "\\sqrt{242}+0"), reordering it
+    ("10+2a+5b+ab") or changing its functions ("242^{1/2}") hides nothing. Of an answer of several
+    sides, the last is the one compared with the gold, so it is the one read ("\\binom{31}{28} =
+    4495" is worked out, "2 = \\sqrt{242}" is not), a side that only names the answer ("x")
+    aside. An answer whose numbers and letters are exactly the gold's is the gold's own form, and
+    always stands."""
     sides = [s for s in answer.split('=') if s.strip() and not is_name(s)]
-    return bool(sides) and any(not need - _content(sides[-1]) for need in needs)
+    if not sides:
+        return False
+    have, golds = _values(sides[-1]), _values(gold)
+    return any(_copies(have, need, golds) for _, need in question_pieces(as_text(question) or '', gold))
+
+
+def _copies(have, need, golds):
+    """Does an answer holding `have` restate a piece holding `need`, for a gold holding `golds`
+    (each a Counter of numbers and letters)? It holds the piece, and is not the gold's own
+    numbers and letters (the gold's form, in any order). Holding more than the gold does not
+    clear it: "1 \\cdot" and "\\frac{2(...)}{2}" would add a gold's 1 or 2."""
+    return not need - have and have != golds
 
 
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
 def question_pieces(question, gold):
-    """(piece, its content) for each piece of the question's math (a math span cut at every
-    "=" and ",") that equals the gold, has an operation and two tokens of content or more (see
-    _content), and holds a token the gold lacks: what restates looks for."""
-    golds = _content(gold)
+    """(piece, its numbers and letters) for each piece of the question's math (a math span cut
+    at every "=" and ",") that equals the gold, has an operation, and holds a number or letter
+    and something else (a function or a second value): what restates looks for."""
     pieces = set()
     for _, _, span in math_spans(question[-TAIL_CHARS:]):
         pieces.update(part.strip() for part in span.replace(',', '=').split('='))
     found = []
     for piece in sorted(pieces):
-        need = _content(piece)
-        if (sum(need.values()) >= 2 and need - golds and _OPERATION.search(piece)
+        need = _values(piece)
+        if (need and len(_TOKEN.findall(piece)) >= 2 and _OPERATION.search(piece)
                 and is_equivalent(piece, gold)):
             found.append((piece, need))
     return tuple(found)
@@ -115,17 +124,15 @@ def question_pieces(question, gold):
 # x^25 is x^{2}5 and \log_264 is \log_{2}64; a word of three letters or more is prose or a unit
 _TOKEN = re.compile(r'\\[A-Za-z]+|(?<=[_^])\d|\d*\.?\d+|[A-Za-z]{3,}|[A-Za-z]')
 _OPERATION = re.compile(r'[-+*/^!|]|[\w)]\s*\(|\\(?!left|right|text|mathrm|mathbf|textbf|displaystyle|q?quad)[A-Za-z]+')
-_LAYOUT = frozenset(('\\left', '\\right', '\\frac', '\\cdot', '\\times', '\\div', '\\text',
-                     '\\mathrm', '\\mathbf', '\\textbf', '\\displaystyle', '\\quad', '\\qquad'))
 
 
-def _content(s):
-    """The numbers, letters and functions of s as written (LaTeX synonyms and \\frac12 =
-    \\frac{1}{2} aside), counted, in no order: what the answer must drop some of to count as
-    worked out. Operators, layout and words ("15 each") are not content."""
+def _values(s):
+    """The numbers and letters of s as written (LaTeX synonyms and \\frac12 = \\frac{1}{2}
+    aside), counted, in no order: what an answer must drop some of to count as worked out.
+    Operators, functions, layout and words ("15 each") are not values."""
     s = rewrite_commands(unicode_to_latex(sanitize(s)))
     s = brace_fracs(s) if '\\frac' in s else s
-    return Counter(t for t in _TOKEN.findall(s) if t not in _LAYOUT and not (t.isalpha() and len(t) > 2))
+    return Counter(t for t in _TOKEN.findall(s) if t[0] != '\\' and (len(t) == 1 or not t.isalpha()))
 
 
 def extract_answer(response, fallback=False):

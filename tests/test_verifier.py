@@ -422,6 +422,12 @@ def test_an_answer_copied_from_the_question_earns_nothing():
         ('Factor $ab+5b+2a+10$.', '(a+5)(b+2)', ['10+2a+5b+ab', '(ab+2a)+(5b+10)']),
         ('Compute $\\log_264$.', '6', ['\\log_2 64', '\\log_{2}{64}']),
         ('What is $441+2(21)(19)+361$?', '1600', ['361+441+2(19)(21)', '441+2(21)(19)+361 = x']),
+        # a function rewritten keeps the numbers: still the question's
+        ('Simplify $\\sqrt{242}$.', '11\\sqrt2', ['242^{1/2}', '(242)^{0.5}']),
+        ('Compute $\\dbinom{31}{28}$.', '4495', ['\\frac{31!}{28!\\,3!}']),
+        ('Compute $\\log_2 4$.', '2', ['\\log_2 4', '\\frac{\\ln 4}{\\ln 2}']),
+        # a piece with fewer numbers than the gold: the gold's own are not the copy's
+        ('Expand $(x+1)^2$.', 'x^2+2x+1', ['(x+1)^2', '(1+x)^2']),
         # the last side is the answer compared with the gold: a side before it hides nothing
         ('Simplify $\\sqrt{242}$.', '11\\sqrt2', ['2 = \\sqrt{242}', 'y = 5 = \\sqrt{242}', '11\\sqrt2 = \\sqrt{242}']),
     ]
@@ -433,6 +439,10 @@ def test_an_answer_copied_from_the_question_earns_nothing():
     # may stay in it (x+1 of $g(x) = x+1$ in 2(x+1))
     assert V.score('\\boxed{\\binom{31}{28} = 4495}', '4495', question='Compute $\\dbinom{31}{28}$.') == 1.0
     assert V.score('\\boxed{\\sqrt{242} = 11\\sqrt2}', '11\\sqrt2', question='Simplify $\\sqrt{242}$.') == 1.0
+    for answer in ('x^2+2x+1', '1+2x+x^2'):  # the gold's own numbers and letters, in any order
+        assert V.score('\\boxed{%s}' % answer, 'x^2+2x+1', question='Expand $(x+1)^2$.') == 1.0
+    for answer in ('2', 'x = 2', '\\log_2 4 = 2'):
+        assert V.score('\\boxed{%s}' % answer, '2', question='Compute $\\log_2 4$.') == 1.0
     assert V.score('\\boxed{2(x+1)}', '2x+2', question='Find $f(g(x))$ if $f(x) = 2x$ and $g(x) = x+1$.') == 1.0
     # the gold among the question's options may be copied from there
     assert V.score('\\boxed{\\frac{1}{2}}', '\\frac12', question='Which is larger, $\\frac{1}{2}$ or $\\frac13$?') == 1.0
