@@ -107,15 +107,15 @@ def _copies(have, need, golds):
 @functools.lru_cache(maxsize=4096)  # a question is scored once per sample of its group
 def question_pieces(question, gold):
     """(piece, its numbers and letters) for each piece of the question's math (a math span cut
-    at every "=" and ",") that equals the gold, has an operation, and holds a number or letter
-    and something else (a function or a second value): what restates looks for."""
+    at every "=" and ",") that equals the gold and has an operation on two values or more, or a
+    function of one ("\\sqrt{242}"): what restates looks for."""
     pieces = set()
     for _, _, span in math_spans(question[-TAIL_CHARS:]):
         pieces.update(part.strip() for part in span.replace(',', '=').split('='))
     found = []
     for piece in sorted(pieces):
-        need = _values(piece)
-        if (need and len(_TOKEN.findall(piece)) >= 2 and _OPERATION.search(piece)
+        need, written = _values(piece), _written(piece)
+        if ((sum(need.values()) >= 2 and _OPERATION.search(written) or need and _FUNCTION.search(written))
                 and is_equivalent(piece, gold)):
             found.append((piece, need))
     return tuple(found)
@@ -123,16 +123,21 @@ def question_pieces(question, gold):
 
 # x^25 is x^{2}5 and \log_264 is \log_{2}64; a word of three letters or more is prose or a unit
 _TOKEN = re.compile(r'\\[A-Za-z]+|(?<=[_^])\d|\d*\.?\d+|[A-Za-z]{3,}|[A-Za-z]')
-_OPERATION = re.compile(r'[-+*/^!|]|[\w)]\s*\(|\\(?!left|right|text|mathrm|mathbf|textbf|displaystyle|q?quad)[A-Za-z]+')
+_FUNCTION = re.compile(r'\\(?!text|mathrm|mathbf|textbf|displaystyle|q?quad)[A-Za-z]+')
+_OPERATION = re.compile(r'[-+*/^!|]|[\w)]\s*\(|' + _FUNCTION.pattern)
+
+
+def _written(s):
+    """s with LaTeX synonyms, \\left / \\right and \\frac12 = \\frac{1}{2} rewritten."""
+    s = rewrite_commands(unicode_to_latex(sanitize(s)))
+    return brace_fracs(s) if '\\frac' in s else s
 
 
 def _values(s):
     """The numbers and letters of s as written (LaTeX synonyms and \\frac12 = \\frac{1}{2}
     aside), counted, in no order: what an answer must drop some of to count as worked out.
     Operators, functions, layout and words ("15 each") are not values."""
-    s = rewrite_commands(unicode_to_latex(sanitize(s)))
-    s = brace_fracs(s) if '\\frac' in s else s
-    return Counter(t for t in _TOKEN.findall(s) if t[0] != '\\' and (len(t) == 1 or not t.isalpha()))
+    return Counter(t for t in _TOKEN.findall(_written(s)) if t[0] != '\\' and (len(t) == 1 or not t.isalpha()))
 
 
 def extract_answer(response, fallback=False):
