@@ -58,7 +58,13 @@ def init_distributed(device_flag: str, timeout_minutes: float):
 
 
 def shutdown_distributed():
+    """Leave the process group. When the run ended without an error (called from a `finally`
+    with no exception in flight), every rank first waits for the others, so that none tears the
+    group down while a peer's last collective is still in flight (gloo can then abort the peer
+    at exit). After an error it leaves at once: the peers may never arrive."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if sys.exc_info()[1] is None:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
