@@ -89,11 +89,12 @@ def restates(answer, gold, question):
     4495" is worked out, "2 = \\sqrt{242}" is not), a side that only names the answer ("x")
     aside. An answer whose numbers and letters are exactly the gold's is the gold's own form, and
     always stands."""
-    sides = [s for s in answer.split('=') if s.strip() and not is_name(s)]
-    if not sides:
+    pieces = question_pieces(as_text(question) or '', gold)
+    sides = [s for s in answer.split('=') if s.strip() and not is_name(s)] if pieces else []
+    if not sides:  # most questions hold no piece equal to the gold: nothing to read
         return False
     have, golds = _values(sides[-1]), _values(gold)
-    return any(_copies(have, need, golds) for _, need in question_pieces(as_text(question) or '', gold))
+    return any(_copies(have, need, golds) for _, need in pieces)
 
 
 def _copies(have, need, golds):

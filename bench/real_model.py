@@ -698,18 +698,7 @@ def report(study, settings, out_png):
         "differences for after vs before (the same runs); floor = 1 point for shares, 0.5 tokens for length. "
         "**A higher** if d > margin, **B higher** if d < -margin, **unclear** if |d| <= margin or a side has fewer "
         "than 2 finished seeds. d and margin in points (tokens for length).\n")
-    metrics = verdict_metrics(k)
-    say("| A vs B | " + " | ".join(name for _, name in metrics) + " |")
-    say("|---|" + "---|" * len(metrics))
-    for a, b in [(a, b) for a, b in COMPARISONS if a in variants and b in variants]:
-        cells = [verdict_cell(key, verdict(by_seed(study, a, "after", key), by_seed(study, b, "after", key), key), a, b)
-                 for key, _ in metrics]
-        say(f"| {a} vs {b} | " + " | ".join(cells) + " |")
-    for v in variants:
-        cells = [verdict_cell(key, verdict(by_seed(study, v, "after", key), by_seed(study, v, "before", key), key,
-                                           paired=True), "after", "before") for key, _ in metrics]
-        say(f"| {v}: after vs before | " + " | ".join(cells) + " |")
-    say("")
+    L += verdict_table(study, variants, verdict_metrics(k), by_seed, "after", "before")
 
     say("## Entropy of the policy while training (nats per token)\n")
     say("The entropy of pi_old on the sampled tokens, as the polarity study reads training numbers: start = "
@@ -722,17 +711,7 @@ def report(study, settings, out_png):
         say(f"| {name} | {fmt(key, mean(start)) if start else '-'} | "
             + " | ".join(cell(key, entropy_by_seed(study, v, "end", key)) for v in variants) + " |")
     say("")
-    say("| A vs B | " + " | ".join(name for _, name in ENTROPIES) + " |")
-    say("|---|" + "---|" * len(ENTROPIES))
-    for a, b in [(a, b) for a, b in COMPARISONS if a in variants and b in variants]:
-        say(f"| {a} vs {b} | " + " | ".join(verdict_cell(key, verdict(
-            entropy_by_seed(study, a, "end", key), entropy_by_seed(study, b, "end", key), key), a, b)
-            for key, _ in ENTROPIES) + " |")
-    for v in variants:
-        say(f"| {v}: end vs start | " + " | ".join(verdict_cell(key, verdict(
-            entropy_by_seed(study, v, "end", key), entropy_by_seed(study, v, "start", key), key, paired=True),
-            "end", "start") for key, _ in ENTROPIES) + " |")
-    say("")
+    L += verdict_table(study, variants, ENTROPIES, entropy_by_seed, "end", "start")
 
     say("## Wall time per run, and where it ran\n")
     say("Wall time: the a3po.py processes of the run (loading, steps, evaluations, checkpoints; summed over its "
@@ -796,6 +775,20 @@ def report(study, settings, out_png):
                         say(f"- {v} after ({'right' if y['reward'] else 'wrong'}): `{one_line(y['completion'])}`")
             say("")
     return "\n".join(L)
+
+
+def verdict_table(study, variants, metrics, values, later, earlier):
+    """The lines of a verdict table: each comparison of variants at `later`, then each variant
+    `later` vs `earlier` (the same runs, paired). values(study, variant, when, key) -> {seed: value}."""
+    lines = ["| A vs B | " + " | ".join(name for _, name in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for a, b in [(a, b) for a, b in COMPARISONS if a in variants and b in variants]:
+        lines.append(f"| {a} vs {b} | " + " | ".join(verdict_cell(key, verdict(
+            values(study, a, later, key), values(study, b, later, key), key), a, b) for key, _ in metrics) + " |")
+    for v in variants:
+        lines.append(f"| {v}: {later} vs {earlier} | " + " | ".join(verdict_cell(key, verdict(
+            values(study, v, later, key), values(study, v, earlier, key), key, paired=True), later, earlier)
+            for key, _ in metrics) + " |")
+    return lines + [""]
 
 
 def verdict_cell(key, r, a, b):
